@@ -1,0 +1,6 @@
+"""The client side of the hub's API: ``Client`` for consumers, ``NodeSession`` for provider nodes."""
+
+from lumbung.client.consumer import Client
+from lumbung.client.node_session import NodeSession
+
+__all__ = ["Client", "NodeSession"]

@@ -1,0 +1,153 @@
+"""One typed configuration per process, read once at start-up.
+
+Precedence: field defaults < a TOML file < ``LUMBUNG_<PROCESS>_<FIELD>`` environment variables <
+explicit overrides (command-line flags). A bad value fails loudly with a ``ConfigError`` naming the
+key. Nothing here reads the environment at import time: ``load`` is given the environment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lumbung.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    # Where the hub keeps its key, its SQLite database and its blob directory.
+    data_dir: Path = Path(".lumbung/hub")
+    # Interface to listen on; 127.0.0.1 keeps a test hub off the network.
+    host: str = "127.0.0.1"
+    # TCP port; 0 lets the OS pick (the chosen port is written to data_dir/port).
+    port: int = 8600
+    # SQLAlchemy URL; empty means SQLite in data_dir/hub.sqlite3 (WAL mode).
+    db_url: str = ""
+    # A lease not renewed by a heartbeat within this many seconds returns its task to the queue.
+    lease_timeout_s: float = 15.0
+    # How often the hub looks for expired leases.
+    reaper_interval_s: float = 1.0
+    # Signatures older than this (or this far in the future) are rejected as stale (RFC 9421 s3.2.1).
+    signature_max_age_s: int = 300
+    # Longest a node's claim request is held open waiting for work.
+    claim_wait_max_s: float = 20.0
+    # A cheaper idle node gets first refusal on a task for this long before a dearer node may take it.
+    cheaper_node_grace_s: float = 2.0
+    # Largest artifact accepted, in bytes.
+    max_blob_bytes: int = 512 * 1024 * 1024
+    # Largest JSON request body accepted, in bytes.
+    max_body_bytes: int = 4 * 1024 * 1024
+    # Log bytes kept per task attempt; output past this is dropped and marked truncated.
+    max_log_bytes_per_task: int = 1024 * 1024
+    # A node is online while its last heartbeat is younger than this.
+    node_online_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    # Base URL of the hub this node dials; the node never listens on a port.
+    hub_url: str = "http://127.0.0.1:8600"
+    # Where the node keeps its key and its task working directories.
+    data_dir: Path = Path(".lumbung/node")
+    # Human-readable name shown in plans and results.
+    name: str = ""
+    # Asking price per GPU-hour, in micro-credits.
+    price_micro_per_gpu_hour: int = 1_000_000
+    # Asking price per CPU-core-hour, in micro-credits.
+    price_micro_per_cpu_hour: int = 10_000
+    # CPU cores offered to tasks; 0 means all cores of the machine.
+    cpus: int = 0
+    # Tasks run at the same time.
+    slots: int = 1
+    # Seconds between heartbeats; leases are renewed by them.
+    heartbeat_s: float = 2.0
+    # How long a claim waits at the hub for work before asking again.
+    claim_wait_s: float = 10.0
+    # On SIGTERM, how long running tasks may go on before they are checkpointed and stopped.
+    grace_s: float = 10.0
+    # Task runner: "process" (a sandboxed process group) or "container" (Docker or Podman).
+    runner: str = "process"
+    # Bytes of task output streamed to the hub per attempt (the hub caps it too).
+    max_log_bytes: int = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    # Base URL of the hub.
+    hub_url: str = "http://127.0.0.1:8600"
+    # Where the client keeps its key.
+    data_dir: Path = Path.home() / ".lumbung" / "client"
+    # Seconds before an HTTP request gives up.
+    timeout_s: float = 30.0
+
+
+C = TypeVar("C")
+
+
+def load(
+    cls: type[C],
+    *,
+    env: Mapping[str, str],
+    file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> C:
+    """Build ``cls`` from defaults, then ``file``, then the environment, then ``overrides``.
+
+    Environment keys are ``LUMBUNG_<PREFIX>_<FIELD>`` where PREFIX is the class name less "Config"
+    (``LUMBUNG_HUB_DB_URL``). Overrides whose value is None are ignored, so CLI flags left unset
+    do not mask the environment.
+    """
+    prefix = "LUMBUNG_" + cls.__name__.removesuffix("Config").upper() + "_"
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {}
+    if file is not None:
+        try:
+            raw = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {file}: {exc}", field=str(file)) from exc
+        for key, value in raw.items():
+            values[key] = _coerce(cls, hints, key, value, source=str(file))
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        env_key = prefix + f.name.upper()
+        if env_key in env:
+            values[f.name] = _coerce(cls, hints, f.name, env[env_key], source=env_key)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _coerce(cls, hints, key, value, source=f"--{key.replace('_', '-')}")
+    return cls(**values)
+
+
+def _coerce(cls: type, hints: dict[str, Any], key: str, value: Any, *, source: str) -> Any:
+    if key not in hints:
+        raise ConfigError(f"unknown configuration key {key!r} in {source}", field=key)
+    target = hints[key]
+    if isinstance(target, types.UnionType):
+        target = next(t for t in typing.get_args(target) if t is not type(None))
+    try:
+        if target is bool:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in {"1", "true", "yes", "on"}:
+                return True
+            if text in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(f"not a boolean: {value!r}")
+        if target is Path:
+            return Path(value).expanduser()
+        if target is int and isinstance(value, float):
+            raise ValueError(f"not an integer: {value!r}")
+        return target(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(
+            f"bad value for {key} from {source}: {exc}", field=key
+        ) from exc
+
+
+__all__ = ["ClientConfig", "HubConfig", "NodeConfig", "load"]

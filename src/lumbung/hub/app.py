@@ -1,0 +1,61 @@
+"""The hub's FastAPI application: routes, error table, and the lease reaper."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+
+from lumbung.hub.context import HubContext
+from lumbung.hub.errors import install_error_handlers
+from lumbung.hub.leases import expire_leases
+from lumbung.hub.routes import router
+
+log = logging.getLogger("lumbung.hub")
+
+# Nonces are swept this often; they are also harmless to keep, only space.
+_NONCE_SWEEP_S = 60.0
+
+
+async def _reap(ctx: HubContext) -> None:
+    """Return expired leases to the queue, forever; one failure does not stop the reaper."""
+    since_sweep = 0.0
+    while True:
+        await asyncio.sleep(ctx.config.reaper_interval_s)
+        try:
+            expire_leases(ctx)
+            since_sweep += ctx.config.reaper_interval_s
+            if since_sweep >= _NONCE_SWEEP_S:
+                ctx.store.purge_nonces(ctx.clock())
+                since_sweep = 0.0
+        except Exception:  # noqa: BLE001 - a store hiccup must not kill the reaper
+            log.exception("lease reaper failed; retrying")
+
+
+def create_app(ctx: HubContext, *, reaper: bool = True) -> FastAPI:
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        task = asyncio.create_task(_reap(ctx)) if reaper else None
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    app = FastAPI(
+        title="Lumbung hub",
+        version="1",
+        openapi_url="/v1/openapi.json",
+        docs_url="/v1/docs",
+        redoc_url=None,
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.include_router(router)
+    return app

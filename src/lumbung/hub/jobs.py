@@ -1,0 +1,140 @@
+"""The consumer's side: submit, plan, cancel, and the views of jobs, logs and results.
+
+A consumer sees and changes only its own jobs (403 otherwise).
+"""
+
+from __future__ import annotations
+
+from lumbung.errors import Conflict, Forbidden, Rejected
+from lumbung.hub.context import HubContext
+from lumbung.hub.settle import current_work
+from lumbung.hub.views import job_view
+from lumbung.ids import new_id
+from lumbung.market.fanout import tasks_for, validate_command_placeholders
+from lumbung.market.model import Job, JobState, TaskState
+from lumbung.market.plan import make_plan, waiting_reason
+from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, next_task_state
+from lumbung.store.protocol import Changes
+from lumbung.wire.api import JobSummary, JobView, LogLine, Plan, Results, SubmitResponse, TaskResult
+from lumbung.wire.spec import JobSpec
+
+_MAX_LOG_LINES = 1000
+
+
+def _check_inputs(ctx: HubContext, spec: JobSpec) -> None:
+    for i, item in enumerate(spec.inputs):
+        if item.sha256 is None:
+            raise Rejected(
+                "local paths are uploaded by the client; the hub needs the artifact's sha256",
+                field=f"spec.inputs.{i}.sha256",
+            )
+
+
+def plan(ctx: HubContext, spec: JobSpec) -> Plan:
+    validate_command_placeholders(spec)
+    _check_inputs(ctx, spec)
+    return make_plan(spec, ctx.snapshots())
+
+
+def submit(ctx: HubContext, owner: str, spec: JobSpec) -> SubmitResponse:
+    """Validate, plan and store the job with its tasks; a job nothing can run yet waits, saying why."""
+    the_plan = plan(ctx, spec)
+    for i, item in enumerate(spec.inputs):
+        if item.sha256 is not None and not ctx.blobs.exists(item.sha256):
+            raise Rejected(
+                f"input {item.name!r} ({item.sha256}) has not been uploaded",
+                field=f"spec.inputs.{i}.sha256",
+            )
+    now = ctx.clock()
+    job = Job(
+        id=new_id("job"),
+        owner=owner,
+        name=spec.name,
+        spec=spec,
+        state=JobState.QUEUED,
+        created_at=now,
+        updated_at=now,
+        waiting_reason=waiting_reason(the_plan),
+    )
+    ctx.store.create_job(job, tasks_for(job.id, spec, now))
+    ctx.work.notify()
+    return SubmitResponse(job=get(ctx, owner, job.id), plan=the_plan)
+
+
+def _own_job(ctx: HubContext, owner: str, job_id: str) -> Job:
+    job = ctx.store.get_job(job_id)
+    if job.owner != owner:
+        raise Forbidden(f"job {job_id} belongs to another account", field="job_id")
+    return job
+
+
+def get(ctx: HubContext, owner: str, job_id: str) -> JobView:
+    job = _own_job(ctx, owner, job_id)
+    if job.state is JobState.QUEUED:
+        job.waiting_reason = waiting_reason(make_plan(job.spec, ctx.snapshots()))
+    return job_view(ctx, job)
+
+
+def list_jobs(ctx: HubContext, owner: str) -> list[JobSummary]:
+    summaries = []
+    for job in ctx.store.list_jobs(owner):
+        counts: dict[str, int] = {}
+        for task in ctx.store.list_tasks(job.id):
+            counts[task.state.value] = counts.get(task.state.value, 0) + 1
+        summaries.append(
+            JobSummary(
+                id=job.id, name=job.name, state=job.state.value, created_at=job.created_at,
+                task_states=counts,
+            )
+        )
+    return summaries
+
+
+def cancel(ctx: HubContext, owner: str, job_id: str) -> JobView:
+    """Cancel every unfinished task; nodes hear of it in their next heartbeat and kill the task."""
+    job = _own_job(ctx, owner, job_id)
+    if job.state in TERMINAL_JOB_STATES:
+        raise Conflict(f"job {job_id} already {job.state}", field="job_id")
+    now = ctx.clock()
+    changes = Changes()
+    for task in ctx.store.list_tasks(job_id):
+        if task.state in (TaskState.QUEUED, TaskState.RUNNING):
+            if task.state is TaskState.RUNNING:
+                work = current_work(ctx, task)
+                heard = (task.lease_expires_at or now) - ctx.config.lease_timeout_s
+                work.lost_s = max(0.0, heard - (task.started_at or heard) - work.kept_s)
+                changes.work.append(work)
+            task.state = next_task_state(task.state, TaskEvent.CANCEL)
+            task.lease_expires_at = None
+            task.updated_at = now
+            changes.tasks.append(task)
+    job.state = JobState.CANCELLED
+    job.updated_at = now
+    job.waiting_reason = None
+    changes.jobs.append(job)
+    ctx.store.apply(changes)
+    return job_view(ctx, job)
+
+
+def logs(ctx: HubContext, owner: str, job_id: str, after_seq: int) -> list[LogLine]:
+    _own_job(ctx, owner, job_id)
+    return [
+        LogLine(seq=r.seq, task_id=r.task_id, attempt=r.attempt, stream=r.stream, text=r.text,
+                at=r.at)
+        for r in ctx.store.list_logs(job_id, after_seq, _MAX_LOG_LINES)
+    ]
+
+
+def results(ctx: HubContext, owner: str, job_id: str) -> Results:
+    job = _own_job(ctx, owner, job_id)
+    return Results(
+        job_id=job.id,
+        state=job.state.value,
+        tasks=[
+            TaskResult(
+                task_id=t.id, index=t.index, params=t.params, state=t.state.value,
+                node_id=t.node_id, exit_code=t.exit_code, outputs=t.outputs,
+            )
+            for t in ctx.store.list_tasks(job_id)
+        ],
+    )

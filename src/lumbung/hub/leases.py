@@ -1,0 +1,185 @@
+"""The node's side of the market: registration, heartbeats, claims and lease expiry.
+
+A claim leases the best queued task this node may take (``market.matching.choose_task``); the lease
+lives while heartbeats renew it. A lease that runs out returns its task to the queue with its last
+checkpoint, and the time since that checkpoint is booked as lost work.
+"""
+
+from __future__ import annotations
+
+from lumbung.errors import NotFound, StaleWrite
+from lumbung.hub.context import HubContext
+from lumbung.hub.settle import attempt_work, settle_job, work_record
+from lumbung.market.fanout import render_command
+from lumbung.market.matching import choose_task, task_price_micro_per_hour
+from lumbung.market.model import Job, Node, Task, TaskState
+from lumbung.market.states import TaskEvent, next_task_state
+from lumbung.store.protocol import Changes
+from lumbung.wire.api import Assignment, HeartbeatRequest, HeartbeatResponse, NodeRegister
+
+# How many queued tasks a claim looks at; older tasks come first.
+_CLAIM_WINDOW = 256
+# Attempts at a claim when another node or hub takes the chosen task first.
+_CLAIM_RACES = 4
+
+
+def register_node(ctx: HubContext, node_id: str, reg: NodeRegister) -> Node:
+    now = ctx.clock()
+    try:
+        old = ctx.store.get_node(node_id)
+        registered_at, version = old.registered_at, old.version
+    except NotFound:
+        registered_at, version = now, 0
+    node = Node(
+        id=node_id,
+        name=reg.name,
+        inventory=reg.inventory,
+        price_micro_per_gpu_hour=reg.price_micro_per_gpu_hour,
+        price_micro_per_cpu_hour=reg.price_micro_per_cpu_hour,
+        slots=reg.slots,
+        free_slots=reg.slots,
+        draining=False,
+        registered_at=registered_at,
+        last_heartbeat_at=now,
+        version=version,
+    )
+    ctx.store.put_node(node)
+    ctx.store.record_heartbeat(node_id, now, reg.slots, False)
+    ctx.forget_snapshots()
+    ctx.work.notify()
+    return node
+
+
+def heartbeat(ctx: HubContext, node_id: str, beat: HeartbeatRequest) -> HeartbeatResponse:
+    """Renew the leases the node still holds; tell it which of its tasks to stop."""
+    now = ctx.clock()
+    ctx.store.get_node(node_id)  # NotFound tells a node that the hub forgot it: re-register
+    ctx.store.record_heartbeat(node_id, now, beat.free_slots, beat.draining)
+    renewed: list[str] = []
+    cancel: list[str] = []
+    for report in beat.tasks:
+        if _renew(ctx, node_id, report.task_id, report.attempt, report.progress, now):
+            renewed.append(report.task_id)
+        else:
+            cancel.append(report.task_id)
+    return HeartbeatResponse(
+        renewed=renewed, cancel=cancel, lease_timeout_s=ctx.config.lease_timeout_s
+    )
+
+
+def _renew(ctx: HubContext, node_id: str, task_id: str, attempt: int, progress: float,
+           now: float) -> bool:
+    for _ in range(_CLAIM_RACES):
+        try:
+            task = ctx.store.get_task(task_id)
+        except NotFound:
+            return False
+        holds = task.state is TaskState.RUNNING and task.node_id == node_id
+        if not holds or task.attempt != attempt:
+            return False
+        task.lease_expires_at = now + ctx.config.lease_timeout_s
+        task.progress = max(task.progress, progress)
+        task.updated_at = now
+        try:
+            ctx.store.apply(Changes(tasks=[task]))
+            return True
+        except StaleWrite:
+            continue
+    return True  # lost every race to other writers of this task, which still holds its lease
+
+
+def claim(ctx: HubContext, node_id: str) -> Assignment | None:
+    """Lease the best task this node may run now, or None."""
+    now = ctx.clock()
+    snapshots = ctx.snapshots()
+    me = next((s for s in snapshots if s.node.id == node_id), None)
+    if me is None:
+        ctx.forget_snapshots()
+        me = next((s for s in ctx.snapshots() if s.node.id == node_id), None)
+        if me is None:
+            raise NotFound(f"node {node_id} is not registered; register first")
+    node = ctx.store.get_node(node_id)
+    if node.draining or len(ctx.store.running_tasks(node_id)) >= node.slots:
+        return None
+    others = [s for s in snapshots if s.node.id != node_id]
+    for _ in range(_CLAIM_RACES):
+        queued = ctx.store.queued_tasks(_CLAIM_WINDOW)
+        jobs: dict[str, Job] = {}
+        for task in queued:
+            if task.job_id not in jobs:
+                jobs[task.job_id] = ctx.store.get_job(task.job_id)
+        pairs = [(t, jobs[t.job_id].spec) for t in queued]
+        task = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
+        if task is None:
+            return None
+        try:
+            return _lease(ctx, node, task, jobs[task.job_id], now)
+        except StaleWrite:
+            continue  # someone else leased it first; look again
+    return None
+
+
+def _lease(ctx: HubContext, node: Node, task: Task, job: Job, now: float) -> Assignment:
+    task.state = next_task_state(task.state, TaskEvent.CLAIM)
+    task.attempt += 1
+    task.node_id = node.id
+    task.lease_expires_at = now + ctx.config.lease_timeout_s
+    task.started_at = now
+    task.exit_code = None
+    task.error = None
+    task.log_bytes = 0
+    task.updated_at = now
+    spec = job.spec
+    price = task_price_micro_per_hour(node, spec.resources)
+    changes = Changes(tasks=[task], work=[work_record(task, price)])
+    settle_job(ctx, job, changes, now)
+    ctx.store.apply(changes)
+    return Assignment(
+        task_id=task.id,
+        job_id=job.id,
+        attempt=task.attempt,
+        index=task.index,
+        params=task.params,
+        command=render_command(spec.command, task.params) if spec.command else None,
+        entrypoint=spec.entrypoint,
+        inputs={i.name: i.sha256 for i in spec.inputs if i.sha256 is not None},
+        outputs=spec.outputs,
+        resources=spec.resources.model_dump(mode="json"),
+        max_runtime_s=spec.max_runtime_s,
+        checkpoint_interval_s=spec.checkpoint_interval_s,
+        network=spec.network,
+        env=spec.env,
+        resume_from=task.last_checkpoint_sha,
+        lease_expires_at=task.lease_expires_at,
+    )
+
+
+def expire_leases(ctx: HubContext) -> int:
+    """Return tasks whose lease ran out to the queue; returns how many."""
+    now = ctx.clock()
+    expired = 0
+    for task in ctx.store.expired_leases(now):
+        # The node was last heard from when it last renewed: the lease's end less its length.
+        last_heard = (task.lease_expires_at or now) - ctx.config.lease_timeout_s
+        runtime_s = max(0.0, last_heard - (task.started_at or last_heard))
+        try:
+            requeue(ctx, task, TaskEvent.LEASE_LOST, runtime_s, now)
+            expired += 1
+        except StaleWrite:
+            continue  # renewed or finished meanwhile
+    if expired:
+        ctx.work.notify()
+    return expired
+
+
+def requeue(ctx: HubContext, task: Task, event: TaskEvent, runtime_s: float, now: float) -> None:
+    """Back to the queue without blame (lease lost, node drained), keeping the checkpoint."""
+    job = ctx.store.get_job(task.job_id)
+    work = attempt_work(ctx, task, runtime_s, completed=False)
+    task.state = next_task_state(task.state, event)
+    task.lease_expires_at = None
+    task.updated_at = now
+    changes = Changes(tasks=[task], work=[work])
+    settle_job(ctx, job, changes, now)
+    ctx.store.apply(changes)
+

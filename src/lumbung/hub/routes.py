@@ -1,0 +1,202 @@
+"""The HTTP API under /v1. Handlers parse, check who asks, call the hub's logic, and answer."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import StreamingResponse
+
+from lumbung.errors import Rejected, TooLarge
+from lumbung.hub import jobs, leases, reports
+from lumbung.hub.auth import context, signed_actor, signed_streamed_actor
+from lumbung.hub.context import HubContext
+from lumbung.hub.views import node_view
+from lumbung.ids import is_sha256_hex
+from lumbung.wire.api import (
+    CheckpointReport,
+    ClaimRequest,
+    ClaimResponse,
+    HeartbeatRequest,
+    HeartbeatResponse,
+    JobSubmit,
+    JobSummary,
+    JobView,
+    LogChunk,
+    LogLine,
+    NodeRegister,
+    NodeView,
+    Plan,
+    Results,
+    SubmitResponse,
+    TaskComplete,
+    TaskRelease,
+)
+
+router = APIRouter(prefix="/v1")
+Actor = Annotated[str, Depends(signed_actor)]
+Ctx = Annotated[HubContext, Depends(context)]
+
+# How often a waiting claim looks again when nothing in this process signalled new work
+# (work submitted through another hub process sharing the database).
+_CLAIM_POLL_S = 0.5
+_BLOB_CHUNK_BYTES = 1024 * 1024
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+# --- nodes ------------------------------------------------------------------------------------
+
+
+@router.post("/nodes/register")
+async def register_node(reg: NodeRegister, actor: Actor, ctx: Ctx) -> NodeView:
+    leases.register_node(ctx, actor, reg)
+    snapshot = next(s for s in ctx.snapshots(fresh=True) if s.node.id == actor)
+    return node_view(snapshot)
+
+
+@router.post("/nodes/heartbeat")
+async def heartbeat(beat: HeartbeatRequest, actor: Actor, ctx: Ctx) -> HeartbeatResponse:
+    return leases.heartbeat(ctx, actor, beat)
+
+
+@router.get("/nodes")
+async def list_nodes(_: Actor, ctx: Ctx) -> list[NodeView]:
+    return [node_view(s) for s in ctx.snapshots(fresh=True)]
+
+
+# --- tasks (node side) --------------------------------------------------------------------------
+
+
+@router.post("/tasks/claim")
+async def claim(body: ClaimRequest, request: Request, actor: Actor, ctx: Ctx) -> ClaimResponse:
+    """Long-poll: answer as soon as a task is leased to this node, or after ``wait_s``."""
+    deadline = time.monotonic() + min(body.wait_s, ctx.config.claim_wait_max_s)
+    while True:
+        if await request.is_disconnected():
+            return ClaimResponse(assignment=None)  # never lease to a node that has hung up
+        assignment = leases.claim(ctx, actor)
+        remaining = deadline - time.monotonic()
+        if assignment is not None or remaining <= 0:
+            return ClaimResponse(assignment=assignment)
+        await ctx.work.wait(min(remaining, _CLAIM_POLL_S))
+
+
+@router.post("/tasks/{task_id}/logs", status_code=204)
+async def task_logs(task_id: str, chunk: LogChunk, actor: Actor, ctx: Ctx) -> None:
+    reports.append_logs(ctx, actor, task_id, chunk)
+
+
+@router.post("/tasks/{task_id}/checkpoints", status_code=204)
+async def task_checkpoint(task_id: str, report: CheckpointReport, actor: Actor, ctx: Ctx) -> None:
+    reports.add_checkpoint(ctx, actor, task_id, report)
+
+
+@router.post("/tasks/{task_id}/complete", status_code=204)
+async def task_complete(task_id: str, result: TaskComplete, actor: Actor, ctx: Ctx) -> None:
+    reports.complete(ctx, actor, task_id, result)
+
+
+@router.post("/tasks/{task_id}/release", status_code=204)
+async def task_release(task_id: str, body: TaskRelease, actor: Actor, ctx: Ctx) -> None:
+    reports.release(ctx, actor, task_id, body)
+
+
+# --- jobs (consumer side) -----------------------------------------------------------------------
+
+
+@router.post("/jobs", status_code=201)
+async def submit_job(body: JobSubmit, actor: Actor, ctx: Ctx) -> SubmitResponse:
+    return jobs.submit(ctx, actor, body.spec)
+
+
+@router.post("/jobs/plan")
+async def plan_job(body: JobSubmit, _: Actor, ctx: Ctx) -> Plan:
+    return jobs.plan(ctx, body.spec)
+
+
+@router.get("/jobs")
+async def list_jobs(actor: Actor, ctx: Ctx) -> list[JobSummary]:
+    return jobs.list_jobs(ctx, actor)
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(job_id: str, actor: Actor, ctx: Ctx) -> JobView:
+    return jobs.get(ctx, actor, job_id)
+
+
+@router.get("/jobs/{job_id}/logs")
+async def job_logs(job_id: str, actor: Actor, ctx: Ctx, after: int = 0) -> list[LogLine]:
+    return jobs.logs(ctx, actor, job_id, after)
+
+
+@router.get("/jobs/{job_id}/results")
+async def job_results(job_id: str, actor: Actor, ctx: Ctx) -> Results:
+    return jobs.results(ctx, actor, job_id)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(job_id: str, actor: Actor, ctx: Ctx) -> JobView:
+    return jobs.cancel(ctx, actor, job_id)
+
+
+# --- artifacts ----------------------------------------------------------------------------------
+
+
+def _blob_name(sha256: str) -> str:
+    if not is_sha256_hex(sha256):
+        raise Rejected("artifact names are 64 lowercase hex digits (SHA-256)", field="sha256")
+    return sha256
+
+
+@router.put("/blobs/{sha256}", status_code=201)
+async def put_blob(
+    sha256: str,
+    request: Request,
+    _: Annotated[str, Depends(signed_streamed_actor)],
+    ctx: Ctx,
+) -> dict[str, object]:
+    """Stream an upload into the blob store; it is kept only if its bytes hash to its name."""
+    name = _blob_name(sha256)
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > ctx.config.max_blob_bytes:
+        raise TooLarge(f"artifact over {ctx.config.max_blob_bytes} bytes", field="content-length")
+    upload = ctx.blobs.begin(name, ctx.config.max_blob_bytes)
+    try:
+        async for chunk in request.stream():
+            upload.write(chunk)
+        size_bytes = upload.commit()
+    except BaseException:
+        upload.abort()
+        raise
+    return {"sha256": name, "size_bytes": size_bytes}
+
+
+@router.get("/blobs/{sha256}")
+async def get_blob(sha256: str, _: Actor, ctx: Ctx) -> StreamingResponse:
+    name = _blob_name(sha256)
+    size_bytes = ctx.blobs.size(name)
+    handle = ctx.blobs.open(name)
+
+    def chunks() -> Iterator[bytes]:
+        with handle:
+            yield from iter(lambda: handle.read(_BLOB_CHUNK_BYTES), b"")
+
+    return StreamingResponse(
+        chunks(),
+        media_type="application/octet-stream",
+        headers={"content-length": str(size_bytes)},
+    )
+
+
+@router.head("/blobs/{sha256}")
+async def head_blob(sha256: str, _: Actor, ctx: Ctx) -> Response:
+    size_bytes = ctx.blobs.size(_blob_name(sha256))
+    return Response(headers={"content-length": str(size_bytes)})
+
+

@@ -1,0 +1,51 @@
+"""``lumbung hub serve``: open the store and blob store, bind a socket, run uvicorn."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+import uvicorn
+from sqlalchemy.engine import make_url
+
+from lumbung.config import HubConfig
+from lumbung.crypto.keys import Identity
+from lumbung.hub.app import create_app
+from lumbung.hub.context import HubContext
+from lumbung.store.blobs import DirectoryBlobStore
+from lumbung.store.sql import SqlStore
+
+
+def sqlite_url(config: HubConfig) -> str:
+    return f"sqlite:///{(config.data_dir / 'hub.sqlite3').resolve()}"
+
+
+def serve(config: HubConfig) -> None:
+    """Run the hub until interrupted. Writes the bound port to ``data_dir/port`` once listening."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    identity = Identity.load_or_create(config.data_dir)
+    db_url = config.db_url or sqlite_url(config)
+    store = SqlStore.open(db_url)
+    blobs = DirectoryBlobStore(config.data_dir / "blobs")
+    ctx = HubContext(config=config, store=store, blobs=blobs)
+    app = create_app(ctx)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    sock.listen(2048)  # listening before the port is published: early clients queue, not fail
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    port_file = config.data_dir / "port"
+    tmp = port_file.with_suffix(".tmp")
+    tmp.write_text(str(port))
+    tmp.replace(port_file)
+    logging.getLogger("lumbung.hub").info(
+        "hub %s listening on http://%s:%d (store: %s)",
+        identity.actor_id, config.host, port, make_url(db_url).render_as_string(hide_password=True),
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        store.close()
+        port_file.unlink(missing_ok=True)

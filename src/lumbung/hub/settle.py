@@ -1,0 +1,85 @@
+"""Bookkeeping shared by every task transition: kept and lost work, and the job's own state.
+
+Work is kept when a checkpoint records it or the task completes; the time since the last checkpoint
+of an attempt that ends any other way is lost. The ledger (a later issue) pays kept work only.
+"""
+
+from __future__ import annotations
+
+from lumbung.hub.context import HubContext
+from lumbung.market.model import Job, JobState, Task, TaskState, Work
+from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, job_state, next_task_state
+from lumbung.store.protocol import Changes
+
+# Log lines quoted in a failed job's error.
+_ERROR_LOG_LINES = 10
+
+
+def work_record(task: Task, price_micro_per_hour: int) -> Work:
+    """The (empty) work record of the attempt just leased."""
+    assert task.node_id is not None
+    return Work(
+        job_id=task.job_id,
+        task_id=task.id,
+        attempt=task.attempt,
+        node_id=task.node_id,
+        price_micro_per_hour=price_micro_per_hour,
+    )
+
+
+def current_work(ctx: HubContext, task: Task) -> Work:
+    for work in ctx.store.list_work(task.job_id):
+        if work.task_id == task.id and work.attempt == task.attempt:
+            return work
+    # A lease always writes its work record; only a store edited by hand lacks one.
+    return work_record(task, 0)
+
+
+def attempt_work(ctx: HubContext, task: Task, runtime_s: float, *, completed: bool) -> Work:
+    """The final work record of the task's current attempt, ending after ``runtime_s``."""
+    work = current_work(ctx, task)
+    if completed:
+        work.kept_s = max(work.kept_s, runtime_s)
+    work.lost_s = max(0.0, runtime_s - work.kept_s)
+    return work
+
+
+def settle_job(ctx: HubContext, job: Job, changes: Changes, now: float) -> None:
+    """Bring the job's state in line with its tasks as ``changes`` will leave them.
+
+    Adds the job to ``changes`` when it moves; when a task has failed for good, the job fails and
+    its other unfinished tasks are cancelled in the same transaction.
+    """
+    if job.state in TERMINAL_JOB_STATES:
+        return
+    changed = {t.id: t for t in changes.tasks}
+    tasks = [changed.get(t.id, t) for t in ctx.store.list_tasks(job.id)]
+    state = job_state(tasks, cancelled=False)
+    if state is JobState.FAILED:
+        failed = next(t for t in tasks if t.state is TaskState.FAILED)
+        job.error = _failure_message(ctx, job, failed)
+        for task in tasks:
+            if task.state in (TaskState.QUEUED, TaskState.RUNNING):
+                task.state = next_task_state(task.state, TaskEvent.CANCEL)
+                task.updated_at = now
+                if task.id not in changed:
+                    changes.tasks.append(task)
+    if state is not job.state:
+        job.state = state
+        job.updated_at = now
+        if state is not JobState.QUEUED:
+            job.waiting_reason = None
+        changes.jobs.append(job)
+
+
+def _failure_message(ctx: HubContext, job: Job, task: Task) -> str:
+    lines = [
+        r.text.rstrip("\n")
+        for r in ctx.store.tail_logs(task.id, task.attempt, _ERROR_LOG_LINES)
+    ]
+    tail = "\n".join(lines[-_ERROR_LOG_LINES:])
+    head = (
+        f"task {task.index} failed after {task.attempt} attempt(s) "
+        f"(retries: {job.spec.retries}): {task.error or 'unknown error'}"
+    )
+    return f"{head}\nlast log lines:\n{tail}" if tail else head

@@ -1,0 +1,122 @@
+"""Domain records: the plain objects the market reasons about and the store persists.
+
+They are not wire shapes (``lumbung.wire.api``) and not SQL rows (``lumbung.store``): the hub turns
+them into views, the store into rows. ``version`` is bumped by the store on every update so that a
+write based on a stale read fails with ``Conflict`` (optimistic concurrency, safe across hubs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from lumbung.wire.api import Inventory
+from lumbung.wire.spec import JobSpec, Scalar
+
+
+class JobState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskState(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class Node:
+    id: str  # the node's actor id: a node is an actor
+    name: str
+    inventory: Inventory
+    price_micro_per_gpu_hour: int
+    price_micro_per_cpu_hour: int
+    slots: int
+    free_slots: int
+    draining: bool
+    registered_at: float
+    last_heartbeat_at: float | None
+    version: int = 0
+
+
+@dataclass
+class Job:
+    id: str
+    owner: str  # the consumer's actor id
+    name: str
+    spec: JobSpec
+    state: JobState
+    created_at: float
+    updated_at: float
+    error: str | None = None
+    waiting_reason: str | None = None
+    version: int = 0
+
+
+@dataclass
+class Task:
+    id: str
+    job_id: str
+    index: int
+    params: dict[str, Scalar]
+    state: TaskState
+    queued_at: float
+    updated_at: float
+    attempt: int = 0  # attempts started so far; the current one while running
+    failures: int = 0  # attempts that ended in the task's own failure (retries count these)
+    node_id: str | None = None  # lease holder while running; last runner afterwards
+    lease_expires_at: float | None = None
+    started_at: float | None = None  # when the current attempt was leased
+    progress: float = 0.0
+    exit_code: int | None = None
+    outputs: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+    last_checkpoint_sha: str | None = None
+    log_bytes: int = 0  # log bytes stored for the current attempt
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class CheckpointLink:
+    """One link of a task's checkpoint chain: each names the hash of the one before it."""
+
+    task_id: str
+    seq: int
+    sha256: str
+    prev_sha256: str | None
+    node_id: str
+    attempt: int
+    progress: float
+    runtime_s: float  # seconds into the attempt when taken
+    kept_s: float  # seconds of work this link saved beyond the previous link of the same attempt
+    created_at: float
+
+
+@dataclass
+class Work:
+    """What one node did on one attempt of a task: kept work is paid, lost work is not."""
+
+    job_id: str
+    task_id: str
+    attempt: int
+    node_id: str
+    price_micro_per_hour: int
+    kept_s: float = 0.0
+    lost_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class LogRecord:
+    seq: int
+    job_id: str
+    task_id: str
+    attempt: int
+    stream: str
+    text: str
+    at: float

@@ -1,0 +1,103 @@
+"""The store Protocol: everything the hub persists, and nothing about how.
+
+Two implementations: ``SqlStore`` (SQLAlchemy; SQLite by default, PostgreSQL for many hubs) and
+``MemoryStore`` (tests and simulation). Both raise ``NotFound`` for a missing object and ``Conflict``
+when an update's ``version`` no longer matches what is stored (someone else wrote first) or a unique
+key is taken. Updates bump ``version`` on the object passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, Work
+
+
+@dataclass
+class Changes:
+    """One unit of work, applied all or nothing by ``Store.apply``.
+
+    Jobs and tasks are updates checked against their ``version``; checkpoint links are inserts;
+    work records are upserts keyed by (task_id, attempt).
+    """
+
+    jobs: list[Job] = field(default_factory=list)
+    tasks: list[Task] = field(default_factory=list)
+    checkpoints: list[CheckpointLink] = field(default_factory=list)
+    work: list[Work] = field(default_factory=list)
+
+
+class Store(Protocol):
+    # --- actors and replay protection -----------------------------------------------------------
+    def ensure_actor(self, actor_id: str, public_key: bytes, now: float) -> None:
+        """Record an actor on its first signed request; a known id keeps its first key."""
+
+    def use_nonce(self, actor_id: str, nonce: str, expires_at: float) -> None:
+        """Remember a signature nonce; ``Conflict`` if this actor used it before (a replay)."""
+
+    def purge_nonces(self, now: float) -> int:
+        """Forget nonces whose signatures are too old to be accepted anyway; returns how many."""
+
+    # --- nodes --------------------------------------------------------------------------------
+    def put_node(self, node: Node) -> None:
+        """Insert a node, or replace its registration (inventory, prices, slots) if it exists."""
+
+    def get_node(self, node_id: str) -> Node: ...
+
+    def list_nodes(self) -> list[Node]: ...
+
+    def record_heartbeat(self, node_id: str, now: float, free_slots: int, draining: bool) -> None:
+        """Set the node's last heartbeat and load, and mark the minute as heard (reliability)."""
+
+    def heartbeat_minutes(self, node_id: str, since: float) -> int:
+        """How many distinct minutes since ``since`` had at least one heartbeat from the node."""
+
+    # --- jobs and tasks -------------------------------------------------------------------------
+    def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
+        """Insert a job and all its tasks in one transaction."""
+
+    def get_job(self, job_id: str) -> Job: ...
+
+    def list_jobs(self, owner: str) -> list[Job]:
+        """The owner's jobs, newest first."""
+
+    def get_task(self, task_id: str) -> Task: ...
+
+    def list_tasks(self, job_id: str) -> list[Task]:
+        """The job's tasks by index."""
+
+    def queued_tasks(self, limit: int) -> list[Task]:
+        """Queued tasks, oldest ``queued_at`` first."""
+
+    def running_tasks(self, node_id: str | None = None) -> list[Task]:
+        """Tasks holding a lease, all or one node's."""
+
+    def expired_leases(self, now: float) -> list[Task]:
+        """Running tasks whose lease expired before ``now``."""
+
+    def apply(self, changes: Changes) -> None:
+        """Write all of ``changes`` in one transaction, or nothing.
+
+        ``Conflict`` if any job or task was updated since it was read (its version moved on), or a
+        checkpoint link's (task_id, seq) is taken. On success every job and task passed in has its
+        ``version`` bumped to the stored one.
+        """
+
+    # --- checkpoints, work, logs ----------------------------------------------------------------
+    def list_checkpoints(self, task_id: str) -> list[CheckpointLink]:
+        """The task's chain, by seq."""
+
+    def list_work(self, job_id: str) -> list[Work]: ...
+
+    def append_log(self, record: LogRecord) -> int:
+        """Store a log chunk (its ``seq`` is ignored) and return the seq it was given."""
+
+    def list_logs(self, job_id: str, after_seq: int, limit: int) -> list[LogRecord]:
+        """Log chunks of the job with seq above ``after_seq``, in order."""
+
+    def tail_logs(self, task_id: str, attempt: int, limit: int) -> list[LogRecord]:
+        """The last ``limit`` log chunks of one attempt of a task, in order."""
+
+    def close(self) -> None: ...

@@ -1,0 +1,202 @@
+"""The job spec: what a consumer asks for, in YAML or JSON, validated with pydantic.
+
+Every error names the field (a dotted path such as ``resources.gpus``) and the reason, so a user can
+find the mistake in the file they wrote. See the README's job spec reference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from lumbung.errors import Rejected
+from lumbung.ids import is_sha256_hex
+
+MAX_TASKS_PER_JOB = 10_000
+_ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+_ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+Scalar = str | int | float | bool
+
+
+def _safe_relative(path: str, what: str) -> str:
+    """Reject absolute paths and ``..`` so a task can never name a file outside its directory."""
+    p = PurePosixPath(path)
+    if not path or p.is_absolute() or ".." in p.parts or "\\" in path or "\x00" in path:
+        raise ValueError(f"{what} must be a relative path without '..', got {path!r}")
+    return str(p)
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(Strict):
+    gpus: Annotated[int, Field(ge=0, le=64, description="GPUs per task")] = 0
+    gpu_models: list[str] = Field(default_factory=list, description="allowed models; empty = any")
+    gpu_memory_gb: Annotated[float, Field(ge=0, le=4096)] = 0.0
+    cpus: Annotated[int, Field(ge=1, le=1024)] = 1
+    memory_gb: Annotated[float, Field(gt=0, le=16384)] = 1.0
+    disk_gb: Annotated[float, Field(ge=0, le=1_000_000)] = 1.0
+
+    @field_validator("gpu_models")
+    @classmethod
+    def _models_named(cls, models: list[str]) -> list[str]:
+        for m in models:
+            if not m.strip():
+                raise ValueError("GPU model names must not be empty")
+        return models
+
+    @field_validator("gpu_memory_gb", "memory_gb", "disk_gb")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+class InputSpec(Strict):
+    """An input artifact: a local file (uploaded by the client at submit) or a known hash."""
+
+    name: str = Field(description="file name under the task's inputs/ directory")
+    path: str | None = Field(default=None, description="local file; the client uploads it")
+    sha256: str | None = Field(default=None, description="hash of an artifact already uploaded")
+
+    @field_validator("name")
+    @classmethod
+    def _name_safe(cls, v: str) -> str:
+        return _safe_relative(v, "input name")
+
+    @field_validator("sha256")
+    @classmethod
+    def _hash_form(cls, v: str | None) -> str | None:
+        if v is not None and not is_sha256_hex(v):
+            raise ValueError("must be 64 lowercase hex digits (SHA-256)")
+        return v
+
+    @model_validator(mode="after")
+    def _one_source(self) -> InputSpec:
+        if (self.path is None) == (self.sha256 is None):
+            raise ValueError("give exactly one of 'path' or 'sha256'")
+        return self
+
+
+class JobSpec(Strict):
+    """A job of kind ``run``: a command or a Python entry point, fanned out into tasks."""
+
+    name: Annotated[str, Field(min_length=1, max_length=100)]
+    kind: Literal["run"] = "run"
+    command: list[str] | None = Field(
+        default=None, description="argv; '{param}' is replaced by the task's grid value"
+    )
+    entrypoint: str | None = Field(default=None, description="'module:function', called with params")
+    inputs: list[InputSpec] = Field(default_factory=list)
+    outputs: list[str] = Field(default_factory=list, description="files the task leaves behind")
+    resources: Resources = Field(default_factory=Resources)
+    max_price_micro_per_hour: Annotated[int, Field(ge=0, le=10**15)] = Field(
+        description="the most one task may cost per hour, in micro-credits"
+    )
+    max_runtime_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
+    retries: Annotated[int, Field(ge=0, le=20)] = 2
+    checkpoint_interval_s: Annotated[int, Field(ge=1, le=24 * 3600)] = 30
+    count: Annotated[int, Field(ge=1, le=MAX_TASKS_PER_JOB)] = 1
+    grid: dict[str, list[Scalar]] = Field(default_factory=dict)
+    network: bool = False
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("command")
+    @classmethod
+    def _command_nonempty(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (not v or not v[0].strip()):
+            raise ValueError("must name a program")
+        return v
+
+    @field_validator("entrypoint")
+    @classmethod
+    def _entrypoint_form(cls, v: str | None) -> str | None:
+        if v is not None and not _ENTRYPOINT_RE.match(v):
+            raise ValueError("must look like 'package.module:function'")
+        return v
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_safe(cls, v: list[str]) -> list[str]:
+        return [_safe_relative(p, "output path") for p in v]
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_form(cls, grid: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
+        for key, values in grid.items():
+            if not _PARAM_RE.match(key):
+                raise ValueError(f"parameter name {key!r} must be an identifier")
+            if not values:
+                raise ValueError(f"parameter {key!r} has no values")
+        return grid
+
+    @field_validator("env")
+    @classmethod
+    def _env_keys(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not _ENV_KEY_RE.match(key) or key.startswith("LUMBUNG_"):
+                raise ValueError(f"environment key {key!r} is not allowed")
+        return env
+
+    @model_validator(mode="after")
+    def _whole(self) -> JobSpec:
+        if (self.command is None) == (self.entrypoint is None):
+            raise ValueError("give exactly one of 'command' or 'entrypoint'")
+        names = [i.name for i in self.inputs]
+        if len(set(names)) != len(names):
+            raise ValueError("input names must be unique")
+        if self.task_count() > MAX_TASKS_PER_JOB:
+            raise ValueError(f"count x grid gives more than {MAX_TASKS_PER_JOB} tasks")
+        return self
+
+    def task_count(self) -> int:
+        return self.count * math.prod(len(v) for v in self.grid.values())
+
+    def task_params(self) -> list[dict[str, Scalar]]:
+        """The parameters of each task, in a stable order: the grid's product, ``count`` times."""
+        keys = sorted(self.grid)
+        combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(
+            *(self.grid[k] for k in keys))]
+        return [dict(c) for _ in range(self.count) for c in combos]
+
+
+def parse_spec(text: str) -> JobSpec:
+    """Parse YAML or JSON text into a validated spec, raising ``Rejected`` naming the field."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise Rejected(f"spec is not valid YAML or JSON: {exc}", field="spec") from exc
+    if not isinstance(data, dict):
+        raise Rejected("spec must be a mapping of fields", field="spec")
+    return validate_spec(data)
+
+
+def validate_spec(data: object) -> JobSpec:
+    try:
+        return JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise rejected_from_validation(exc) from exc
+
+
+def rejected_from_validation(exc: ValidationError) -> Rejected:
+    """The first pydantic error as a ``Rejected`` naming its dotted field path."""
+    first = exc.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"]) or "spec"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    msg = first["msg"].removeprefix("Value error, ")
+    return Rejected(f"{loc}: {msg}{more}", field=loc)
+
+
+def spec_json(spec: JobSpec) -> str:
+    return json.dumps(spec.model_dump(mode="json"), sort_keys=True)

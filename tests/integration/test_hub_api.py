@@ -1,0 +1,303 @@
+"""The hub in-process (Starlette's TestClient over the ASGI app) on every store.
+
+A fake clock drives leases and signatures, so expiry is tested without sleeping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from lumbung.client.auth import SignedAuth
+from lumbung.config import HubConfig
+from lumbung.crypto.keys import Identity
+from lumbung.hub.app import create_app
+from lumbung.hub.context import HubContext
+from lumbung.hub.leases import expire_leases
+from lumbung.store.blobs import MemoryBlobStore
+from lumbung.store.protocol import Store
+
+LEASE_S = 10.0
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Actor:
+    identity: Identity
+    http: TestClient
+    clock: FakeClock
+
+    @property
+    def id(self) -> str:
+        return self.identity.actor_id
+
+    def call(self, method: str, path: str, json: Any = None, expect: int = 200) -> Any:
+        response = self.http.request(
+            method, path, json=json, auth=SignedAuth(self.identity, clock=self.clock)
+        )
+        assert response.status_code == expect, response.text
+        return response.json() if response.content else None
+
+    def upload(self, data: bytes, expect: int = 201) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        response = self.http.put(
+            f"/v1/blobs/{sha}",
+            content=data,
+            headers={"x-lumbung-streamed": "1"},
+            auth=SignedAuth(self.identity, clock=self.clock),
+        )
+        assert response.status_code == expect, response.text
+        return sha
+
+
+@dataclass
+class Hub:
+    ctx: HubContext
+    http: TestClient
+    clock: FakeClock
+
+    def actor(self) -> Actor:
+        return Actor(Identity.generate(), self.http, self.clock)
+
+    def node(self, name: str, price_cpu: int = 10_000, cpus: int = 4) -> Actor:
+        node = self.actor()
+        node.call("POST", "/v1/nodes/register", {
+            "name": name,
+            "inventory": {"cpus": cpus, "memory_mib": 8192, "disk_free_mib": 50_000},
+            "price_micro_per_gpu_hour": 0,
+            "price_micro_per_cpu_hour": price_cpu,
+            "slots": 1,
+        })
+        return node
+
+
+@pytest.fixture
+def hub(store: Store, tmp_path: Any) -> Hub:
+    clock = FakeClock()
+    config = HubConfig(data_dir=tmp_path, lease_timeout_s=LEASE_S, cheaper_node_grace_s=2.0)
+    ctx = HubContext(config=config, store=store, blobs=MemoryBlobStore(), clock=clock)
+    return Hub(ctx, TestClient(create_app(ctx, reaper=False)), clock)
+
+
+def spec(**overrides: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "name": "t",
+        "command": ["python", "-c", "print({x})"],
+        "grid": {"x": [1]},
+        "max_price_micro_per_hour": 50_000,
+        "retries": 1,
+        "outputs": [],
+    }
+    base.update(overrides)
+    return base
+
+
+def claim(node: Actor) -> dict[str, Any] | None:
+    result: dict[str, Any] | None = node.call("POST", "/v1/tasks/claim", {"wait_s": 0})["assignment"]
+    return result
+
+
+def test_job_runs_from_submit_to_results(hub: Hub) -> None:
+    node = hub.node("n1")
+    consumer = hub.actor()
+    code = consumer.upload(b"print('hello')")
+    body = spec(inputs=[{"name": "main.py", "sha256": code}], outputs=["out.txt"])
+    submitted = consumer.call("POST", "/v1/jobs", {"spec": body}, expect=201)
+    job_id = submitted["job"]["id"]
+    assert submitted["plan"]["fits"][0]["node_id"] == node.id
+
+    task = claim(node)
+    assert task is not None and task["inputs"] == {"main.py": code}
+    assert task["command"] == ["python", "-c", "print(1)"]
+    ckpt = node.upload(b"state-1")
+    node.call("POST", f"/v1/tasks/{task['task_id']}/checkpoints", {
+        "attempt": 1, "sha256": ckpt, "size_bytes": 7, "prev_sha256": None, "progress": 0.5,
+        "runtime_s": 3.0}, expect=204)
+    node.call("POST", f"/v1/tasks/{task['task_id']}/logs",
+              {"attempt": 1, "stream": "stdout", "text": "1\n"}, expect=204)
+    out = node.upload(b"result")
+    node.call("POST", f"/v1/tasks/{task['task_id']}/complete", {
+        "attempt": 1, "exit_code": 0, "outputs": {"out.txt": out}, "runtime_s": 5.0}, expect=204)
+
+    job = consumer.call("GET", f"/v1/jobs/{job_id}")
+    assert job["state"] == "succeeded"
+    assert job["tasks"][0]["checkpoints"][0]["sha256"] == ckpt
+    assert job["work"][0]["kept_s"] == 5.0 and job["work"][0]["lost_s"] == 0.0
+    results = consumer.call("GET", f"/v1/jobs/{job_id}/results")
+    assert results["tasks"][0]["outputs"] == {"out.txt": out}
+    logs = consumer.call("GET", f"/v1/jobs/{job_id}/logs")
+    assert [line["text"] for line in logs] == ["1\n"]
+
+
+def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> None:
+    first = hub.node("cheap", price_cpu=1_000)
+    consumer = hub.actor()
+    job_id = consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)["job"]["id"]
+    task = claim(first)
+    assert task is not None
+    ckpt = first.upload(b"epoch-3")
+    hub.clock.advance(4.0)
+    first.call("POST", f"/v1/tasks/{task['task_id']}/checkpoints", {
+        "attempt": 1, "sha256": ckpt, "size_bytes": 7, "prev_sha256": None, "progress": 0.3,
+        "runtime_s": 4.0}, expect=204)
+    hub.clock.advance(2.0)
+    beat = {"tasks": [{"task_id": task["task_id"], "attempt": 1, "progress": 0.4}]}
+    first.call("POST", "/v1/nodes/heartbeat", beat)
+    second = hub.node("dear", price_cpu=5_000)
+    assert claim(second) is None  # the task is still leased to the first node
+
+    hub.clock.advance(LEASE_S + 1)
+    assert expire_leases(hub.ctx) == 1
+    resumed = claim(second)
+    assert resumed is not None
+    assert resumed["task_id"] == task["task_id"] and resumed["attempt"] == 2
+    assert resumed["resume_from"] == ckpt
+    job = consumer.call("GET", f"/v1/jobs/{job_id}")
+    work = {w["node_id"]: w for w in job["work"]}
+    assert work[first.id]["kept_s"] == 4.0
+    assert work[first.id]["lost_s"] == pytest.approx(2.0)  # heard last 6 s in, checkpoint at 4 s
+    # The first node comes back: its report on the old attempt is refused, changing nothing.
+    first.call("POST", f"/v1/tasks/{task['task_id']}/complete", {
+        "attempt": 1, "exit_code": 0, "runtime_s": 9.0}, expect=403)
+
+
+def test_failed_task_is_retried_then_fails_the_job_with_its_last_log_lines(hub: Hub) -> None:
+    node = hub.node("n1")
+    consumer = hub.actor()
+    job_id = consumer.call("POST", "/v1/jobs", {"spec": spec(retries=1)}, expect=201)["job"]["id"]
+    for attempt in (1, 2):
+        task = claim(node)
+        assert task is not None and task["attempt"] == attempt
+        node.call("POST", f"/v1/tasks/{task['task_id']}/logs", {
+            "attempt": attempt, "stream": "stderr", "text": f"boom {attempt}\n"}, expect=204)
+        node.call("POST", f"/v1/tasks/{task['task_id']}/complete", {
+            "attempt": attempt, "exit_code": 3, "runtime_s": 1.0}, expect=204)
+    job = consumer.call("GET", f"/v1/jobs/{job_id}")
+    assert job["state"] == "failed"
+    assert "exit code 3" in job["error"] and "boom 2" in job["error"]
+    assert claim(node) is None
+
+
+def test_cancel_reaches_the_node_in_its_next_heartbeat(hub: Hub) -> None:
+    node = hub.node("n1")
+    consumer = hub.actor()
+    job_id = consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)["job"]["id"]
+    task = claim(node)
+    assert task is not None
+    beat = {"tasks": [{"task_id": task["task_id"], "attempt": 1, "progress": 0.1}]}
+    assert node.call("POST", "/v1/nodes/heartbeat", beat)["renewed"] == [task["task_id"]]
+    assert consumer.call("POST", f"/v1/jobs/{job_id}/cancel")["state"] == "cancelled"
+    assert node.call("POST", "/v1/nodes/heartbeat", beat)["cancel"] == [task["task_id"]]
+    consumer.call("POST", f"/v1/jobs/{job_id}/cancel", expect=409)
+
+
+def test_cheapest_idle_node_gets_the_task_first(hub: Hub) -> None:
+    dear = hub.node("dear", price_cpu=9_000)
+    cheap = hub.node("cheap", price_cpu=1_000)
+    consumer = hub.actor()
+    consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)
+    assert claim(dear) is None
+    assert claim(cheap) is not None
+
+
+def test_a_job_nothing_can_run_is_queued_and_says_why(hub: Hub) -> None:
+    hub.node("small", cpus=2)
+    consumer = hub.actor()
+    big = spec(resources={"cpus": 64})
+    submitted = consumer.call("POST", "/v1/jobs", {"spec": big}, expect=201)
+    assert submitted["job"]["state"] == "queued"
+    assert "too_few_cpus" in submitted["job"]["waiting_reason"]
+    plan = consumer.call("POST", "/v1/jobs/plan", {"spec": big})
+    assert plan["fits"] == [] and plan["excluded"]["too_few_cpus"] == 1
+
+
+def test_bad_spec_is_refused_naming_the_field(hub: Hub) -> None:
+    consumer = hub.actor()
+    body = consumer.call("POST", "/v1/jobs", {"spec": spec(resources={"cpus": 0})}, expect=422)
+    assert body["field"] == "spec.resources.cpus"
+    assert consumer.call("GET", "/v1/jobs") == []
+
+
+def test_unsigned_forged_and_replayed_requests_change_nothing(hub: Hub) -> None:
+    consumer = hub.actor()
+    response = hub.http.post("/v1/jobs", json={"spec": spec()})
+    assert response.status_code == 401 and "missing signature" in response.json()["message"]
+
+    request = hub.http.build_request("POST", "/v1/jobs", json={"spec": spec()})
+    signed = next(SignedAuth(consumer.identity, clock=hub.clock).auth_flow(request))
+    forged = hub.http.build_request(
+        "POST", "/v1/jobs", json={"spec": spec(name="evil")}, headers=dict(signed.headers)
+    )
+    forged.headers["content-digest"] = signed.headers["content-digest"]
+    response = hub.http.send(forged)
+    assert response.status_code == 401, response.text
+
+    assert hub.http.send(signed).status_code == 201
+    replay = hub.http.send(signed)
+    assert replay.status_code == 401 and "replayed" in replay.json()["message"]
+    assert len(consumer.call("GET", "/v1/jobs")) == 1
+
+
+def test_nodes_and_consumers_act_only_on_their_own_objects(hub: Hub) -> None:
+    holder, thief = hub.node("n1"), hub.node("n2")
+    owner, other = hub.actor(), hub.actor()
+    job_id = owner.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)["job"]["id"]
+    hub.clock.advance(5.0)  # past the cheaper-node grace: whichever node asks first gets it
+    task = claim(holder)
+    assert task is not None
+    thief.call("POST", f"/v1/tasks/{task['task_id']}/complete",
+               {"attempt": 1, "exit_code": 0, "runtime_s": 1.0}, expect=403)
+    thief.call("POST", f"/v1/tasks/{task['task_id']}/logs",
+               {"attempt": 1, "stream": "stdout", "text": "fake"}, expect=403)
+    other.call("GET", f"/v1/jobs/{job_id}", expect=403)
+    other.call("POST", f"/v1/jobs/{job_id}/cancel", expect=403)
+    job = owner.call("GET", f"/v1/jobs/{job_id}")
+    assert job["tasks"][0]["state"] == "running" and job["tasks"][0]["node_id"] == holder.id
+    assert owner.call("GET", f"/v1/jobs/{job_id}/logs") == []
+
+
+def test_uploads_must_match_their_name_and_size_limit(hub: Hub) -> None:
+    actor = hub.actor()
+    wrong = hashlib.sha256(b"other").hexdigest()
+    response = hub.http.put(f"/v1/blobs/{wrong}", content=b"data",
+                            headers={"x-lumbung-streamed": "1"},
+                            auth=SignedAuth(actor.identity, clock=hub.clock))
+    assert response.status_code == 422 and response.json()["error"] == "HashMismatch"
+    assert not hub.ctx.blobs.exists(wrong)
+    big = b"x" * (hub.ctx.config.max_blob_bytes + 1)
+    hub.ctx.config = HubConfig(data_dir=hub.ctx.config.data_dir, max_blob_bytes=16)
+    actor.upload(big[:17], expect=413)
+    actor.upload(b"small", expect=201)
+
+
+def test_checkpoint_must_extend_the_chain(hub: Hub) -> None:
+    node = hub.node("n1")
+    consumer = hub.actor()
+    consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)
+    task = claim(node)
+    assert task is not None
+    a, b = node.upload(b"a"), node.upload(b"b")
+    url = f"/v1/tasks/{task['task_id']}/checkpoints"
+    node.call("POST", url, {"attempt": 1, "sha256": a, "size_bytes": 1, "prev_sha256": None,
+                            "runtime_s": 1.0}, expect=204)
+    node.call("POST", url, {"attempt": 1, "sha256": b, "size_bytes": 1, "prev_sha256": None,
+                            "runtime_s": 2.0}, expect=409)
+    missing = hashlib.sha256(b"never uploaded").hexdigest()
+    node.call("POST", url, {"attempt": 1, "sha256": missing, "size_bytes": 1, "prev_sha256": a,
+                            "runtime_s": 2.0}, expect=422)
+    node.call("POST", url, {"attempt": 1, "sha256": b, "size_bytes": 1, "prev_sha256": a,
+                            "runtime_s": 2.0}, expect=204)
