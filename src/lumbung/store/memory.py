@@ -1,0 +1,253 @@
+"""The in-memory store: ``SqlStore``'s twin for tests and simulation, with the same behaviour.
+
+Records are copied on the way in and out, so a caller that mutates an object it holds changes
+nothing stored until it calls ``apply`` (exactly as with rows in a database). One lock serialises
+every method, which is what a transaction would give.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import itertools
+import threading
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from lumbung.errors import Conflict, NotFound, StaleWrite
+from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, TaskState, Work
+from lumbung.store.protocol import Changes
+
+
+def _copy_node(node: Node) -> Node:
+    return dataclasses.replace(node, inventory=node.inventory.model_copy(deep=True))
+
+
+def _copy_job(job: Job) -> Job:
+    # The spec is a frozen pydantic model that nothing mutates: sharing it is safe.
+    return dataclasses.replace(job)
+
+
+def _copy_task(task: Task) -> Task:
+    return dataclasses.replace(task, params=dict(task.params), outputs=dict(task.outputs))
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._actors: dict[str, bytes] = {}
+        self._nonces: dict[tuple[str, str], float] = {}
+        self._nodes: dict[str, Node] = {}
+        self._minutes: dict[str, set[int]] = {}
+        self._jobs: dict[str, Job] = {}
+        self._tasks: dict[str, Task] = {}
+        self._checkpoints: dict[tuple[str, int], CheckpointLink] = {}
+        self._work: dict[tuple[str, int], Work] = {}
+        self._logs: dict[str, list[LogRecord]] = {}  # by job, in seq order
+        self._log_seq = itertools.count(1)
+
+    # --- actors and replay protection -----------------------------------------------------------
+
+    def ensure_actor(self, actor_id: str, public_key: bytes, now: float) -> None:
+        with self._lock:
+            self._actors.setdefault(actor_id, public_key)
+
+    def use_nonce(self, actor_id: str, nonce: str, expires_at: float) -> None:
+        with self._lock:
+            if (actor_id, nonce) in self._nonces:
+                raise Conflict("replayed signature nonce")
+            self._nonces[(actor_id, nonce)] = expires_at
+
+    def purge_nonces(self, now: float) -> int:
+        with self._lock:
+            old = [key for key, expires_at in self._nonces.items() if expires_at < now]
+            for key in old:
+                del self._nonces[key]
+            return len(old)
+
+    # --- nodes ------------------------------------------------------------------------------------
+
+    def put_node(self, node: Node) -> None:
+        with self._lock:
+            stored = self._nodes.get(node.id)
+            if stored is not None:
+                node.version = stored.version + 1
+            self._nodes[node.id] = _copy_node(node)
+
+    def get_node(self, node_id: str) -> Node:
+        with self._lock:
+            return _copy_node(self._node(node_id))
+
+    def list_nodes(self) -> list[Node]:
+        with self._lock:
+            return [_copy_node(n) for _, n in sorted(self._nodes.items())]
+
+    def record_heartbeat(self, node_id: str, now: float, free_slots: int, draining: bool) -> None:
+        with self._lock:
+            node = self._node(node_id)
+            node.last_heartbeat_at = now
+            node.free_slots = free_slots
+            node.draining = draining
+            node.version += 1
+            self._minutes.setdefault(node_id, set()).add(int(now // 60))
+
+    def heartbeat_minutes(self, node_id: str, since: float) -> int:
+        first = int(since // 60)  # the minute containing ``since`` counts, as in SqlStore
+        with self._lock:
+            return sum(1 for m in self._minutes.get(node_id, ()) if m >= first)
+
+    def _node(self, node_id: str) -> Node:
+        try:
+            return self._nodes[node_id]
+        except KeyError:
+            raise NotFound(f"no node {node_id}") from None
+
+    # --- jobs and tasks -------------------------------------------------------------------------
+
+    def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
+        with self._lock:
+            ids = [x.id for x in tasks]
+            taken = job.id in self._jobs or any(i in self._tasks for i in ids)
+            if taken or len(set(ids)) != len(ids):
+                raise Conflict(f"job {job.id} or one of its tasks already exists")
+            self._jobs[job.id] = _copy_job(job)
+            for task in tasks:
+                self._tasks[task.id] = _copy_task(task)
+
+    def get_job(self, job_id: str) -> Job:
+        with self._lock:
+            if job_id not in self._jobs:
+                raise NotFound(f"no job {job_id}")
+            return _copy_job(self._jobs[job_id])
+
+    def list_jobs(self, owner: str) -> list[Job]:
+        with self._lock:
+            mine = [j for j in self._jobs.values() if j.owner == owner]
+            mine.sort(key=lambda j: (j.created_at, j.id), reverse=True)
+            return [_copy_job(j) for j in mine]
+
+    def get_task(self, task_id: str) -> Task:
+        with self._lock:
+            if task_id not in self._tasks:
+                raise NotFound(f"no task {task_id}")
+            return _copy_task(self._tasks[task_id])
+
+    def list_tasks(self, job_id: str) -> list[Task]:
+        return self._select_tasks(lambda x: x.job_id == job_id, key=lambda x: (x.index, x.id))
+
+    def queued_tasks(self, limit: int) -> list[Task]:
+        queued = self._select_tasks(
+            lambda x: x.state == TaskState.QUEUED, key=lambda x: (x.queued_at, x.id)
+        )
+        return queued[:limit]
+
+    def running_tasks(self, node_id: str | None = None) -> list[Task]:
+        return self._select_tasks(
+            lambda x: x.state == TaskState.RUNNING and node_id in (None, x.node_id),
+            key=lambda x: (x.id,),
+        )
+
+    def expired_leases(self, now: float) -> list[Task]:
+        return self._select_tasks(
+            lambda x: (
+                x.state == TaskState.RUNNING
+                and x.lease_expires_at is not None
+                and x.lease_expires_at < now
+            ),
+            key=lambda x: (x.lease_expires_at or 0.0, x.id),
+        )
+
+    def _select_tasks(self, where: _TaskFilter, key: _TaskKey) -> list[Task]:
+        with self._lock:
+            found = sorted((x for x in self._tasks.values() if where(x)), key=key)
+            return [_copy_task(x) for x in found]
+
+    def apply(self, changes: Changes) -> None:
+        with self._lock:
+            # Check and stage everything first: nothing is written unless all of it fits.
+            jobs = _stage_versioned(self._jobs, changes.jobs, "job", _copy_job)
+            tasks = _stage_versioned(self._tasks, changes.tasks, "task", _copy_task)
+            links: dict[tuple[str, int], CheckpointLink] = {}
+            for link in changes.checkpoints:
+                key = (link.task_id, link.seq)
+                if key in self._checkpoints or key in links or link.task_id not in self._tasks:
+                    keys = ", ".join(f"({c.task_id}, seq {c.seq})" for c in changes.checkpoints)
+                    raise Conflict(f"checkpoint link taken or its task unknown: {keys}")
+                links[key] = link
+            if any(w.task_id not in self._tasks for w in changes.work):
+                raise Conflict("work record names an unknown task")
+            self._jobs.update(jobs)
+            self._tasks.update(tasks)
+            self._checkpoints.update(links)
+            for record in changes.work:
+                self._work[(record.task_id, record.attempt)] = dataclasses.replace(record)
+        for job in changes.jobs:
+            job.version += 1
+        for task in changes.tasks:
+            task.version += 1
+
+    # --- checkpoints, work, logs ----------------------------------------------------------------
+
+    def list_checkpoints(self, task_id: str) -> list[CheckpointLink]:
+        with self._lock:
+            return sorted(
+                (c for c in self._checkpoints.values() if c.task_id == task_id),
+                key=lambda c: c.seq,
+            )
+
+    def list_work(self, job_id: str) -> list[Work]:
+        with self._lock:
+            mine = sorted(k for k, w in self._work.items() if w.job_id == job_id)
+            return [dataclasses.replace(self._work[k]) for k in mine]
+
+    def append_log(self, record: LogRecord) -> int:
+        with self._lock:
+            if record.job_id not in self._jobs:
+                raise NotFound(f"no job {record.job_id}")
+            seq = next(self._log_seq)
+            self._logs.setdefault(record.job_id, []).append(dataclasses.replace(record, seq=seq))
+            return seq
+
+    def list_logs(self, job_id: str, after_seq: int, limit: int) -> list[LogRecord]:
+        with self._lock:
+            chunks = self._logs.get(job_id, [])
+            start = bisect.bisect_right(chunks, after_seq, key=lambda r: r.seq)
+            return chunks[start : start + limit]
+
+    def tail_logs(self, task_id: str, attempt: int, limit: int) -> list[LogRecord]:
+        with self._lock:
+            found = [
+                r
+                for chunks in self._logs.values()
+                for r in chunks
+                if r.task_id == task_id and r.attempt == attempt
+            ]
+        found.sort(key=lambda r: r.seq)
+        return found[-limit:] if limit > 0 else []
+
+    def close(self) -> None:
+        """Nothing to release; here so that both stores are closed the same way."""
+
+
+_TaskFilter = Callable[[Task], bool]
+_TaskKey = Callable[[Task], tuple[object, ...]]
+
+
+R = TypeVar("R", Job, Task)
+
+
+def _stage_versioned(
+    stored: dict[str, R], records: list[R], kind: str, copy: Callable[[R], R]
+) -> dict[str, R]:
+    """Copies of ``records`` with bumped versions, or ``Conflict``/``NotFound`` if one is stale."""
+    staged: dict[str, R] = {}
+    for record in records:
+        current = staged.get(record.id) or stored.get(record.id)
+        if current is None:
+            raise NotFound(f"no {kind} {record.id}")
+        if current.version != record.version:
+            raise StaleWrite(f"{kind} {record.id} changed concurrently")
+        new = copy(record)
+        new.version += 1
+        staged[record.id] = new
+    return staged

@@ -1,0 +1,360 @@
+"""The SQL store: SQLite for one hub, PostgreSQL for several hubs sharing one database.
+
+Every method is one short transaction (``engine.begin()``); there is no session or identity map to
+go stale between requests. Updates of jobs and tasks are optimistic: ``UPDATE ... WHERE id = :id
+AND version = :version``, and a row count of zero means someone else wrote first (``Conflict``).
+SQLAlchemy Core rather than the ORM: the hub's hot paths (claim, heartbeat) run hundreds of times a
+second and the ORM's unit of work would only add overhead to what are single statements.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, func, select
+from sqlalchemy import insert as generic_insert
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.dml import Insert
+
+from lumbung.errors import Conflict, NotFound, StaleWrite
+from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, TaskState, Work
+from lumbung.store import tables as t
+from lumbung.store.protocol import Changes
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Any fixed 64-bit number works: every hub process must use the same one ("lumbung" in ASCII).
+MIGRATION_LOCK_KEY = int.from_bytes(b"lumbung", "big")
+_SQLITE_IMMEDIATE = "lumbung_sqlite_begin_immediate"
+# Up to this many jobs or tasks in one ``apply`` are updated one statement each, so that a conflict
+# names the stale one; beyond it (a whole job cancelled) one executemany is much faster.
+_ROW_BY_ROW_MAX = 16
+
+
+class SqlStore:
+    """``Store`` on SQLAlchemy; ``SqlStore.open(url)`` migrates to the newest schema."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._insert: Callable[[Table], Insert] = (
+            sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+        )
+
+    @classmethod
+    def open(cls, url: str) -> SqlStore:
+        engine = _create_engine(url)
+        try:
+            migrate(engine)
+        except BaseException:
+            engine.dispose()
+            raise
+        return cls(engine)
+
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    # --- actors and replay protection -----------------------------------------------------------
+
+    def ensure_actor(self, actor_id: str, public_key: bytes, now: float) -> None:
+        stmt = self._insert(t.actors).values(id=actor_id, public_key=public_key, created_at=now)
+        with self._engine.begin() as conn:
+            conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))  # type: ignore[attr-defined]
+
+    def use_nonce(self, actor_id: str, nonce: str, expires_at: float) -> None:
+        row = {"actor_id": actor_id, "nonce": nonce, "expires_at": expires_at}
+        stmt = generic_insert(t.nonces).values(row)
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(stmt)
+        except IntegrityError as exc:
+            raise Conflict("replayed signature nonce") from exc
+
+    def purge_nonces(self, now: float) -> int:
+        with self._engine.begin() as conn:
+            return conn.execute(t.nonces.delete().where(t.nonces.c.expires_at < now)).rowcount
+
+    # --- nodes ------------------------------------------------------------------------------------
+
+    def put_node(self, node: Node) -> None:
+        row = t.node_row(node)
+        replaced = {k: v for k, v in row.items() if k not in ("id", "version")}
+        stmt = self._insert(t.nodes).values(row)
+        stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+            index_elements=["id"], set_={**replaced, "version": t.nodes.c.version + 1}
+        ).returning(t.nodes.c.version)
+        with self._engine.begin() as conn:
+            node.version = conn.execute(stmt).scalar_one()
+
+    def get_node(self, node_id: str) -> Node:
+        with self._engine.connect() as conn:
+            row = conn.execute(select(t.nodes).where(t.nodes.c.id == node_id)).mappings().first()
+        if row is None:
+            raise NotFound(f"no node {node_id}")
+        return t.node_from_row(row)
+
+    def list_nodes(self) -> list[Node]:
+        return [t.node_from_row(r) for r in self._rows(select(t.nodes).order_by(t.nodes.c.id))]
+
+    def record_heartbeat(self, node_id: str, now: float, free_slots: int, draining: bool) -> None:
+        nodes = t.nodes
+        update = (
+            nodes.update()
+            .where(nodes.c.id == node_id)
+            .values(
+                last_heartbeat_at=now,
+                free_slots=free_slots,
+                draining=draining,
+                version=nodes.c.version + 1,
+            )
+        )
+        minute = self._insert(t.heartbeat_minutes).values(node_id=node_id, minute=int(now // 60))
+        with self._engine.begin() as conn:
+            if conn.execute(update).rowcount == 0:
+                raise NotFound(f"no node {node_id}")
+            conn.execute(minute.on_conflict_do_nothing())  # type: ignore[attr-defined]
+
+    def heartbeat_minutes(self, node_id: str, since: float) -> int:
+        hm = t.heartbeat_minutes
+        # The minute that contains ``since`` counts: it may hold a heartbeat sent after ``since``.
+        stmt = select(func.count()).where(hm.c.node_id == node_id, hm.c.minute >= int(since // 60))
+        with self._engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    # --- jobs and tasks -------------------------------------------------------------------------
+
+    def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(generic_insert(t.jobs), t.job_row(job))
+                if tasks:
+                    conn.execute(generic_insert(t.tasks), [t.task_row(x) for x in tasks])
+        except IntegrityError as exc:
+            raise Conflict(f"job {job.id} or one of its tasks already exists") from exc
+
+    def get_job(self, job_id: str) -> Job:
+        rows = self._rows(select(t.jobs).where(t.jobs.c.id == job_id))
+        if not rows:
+            raise NotFound(f"no job {job_id}")
+        return t.job_from_row(rows[0])
+
+    def list_jobs(self, owner: str) -> list[Job]:
+        jobs = t.jobs
+        stmt = (
+            select(jobs)
+            .where(jobs.c.owner == owner)
+            .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
+        )
+        return [t.job_from_row(r) for r in self._rows(stmt)]
+
+    def get_task(self, task_id: str) -> Task:
+        rows = self._rows(select(t.tasks).where(t.tasks.c.id == task_id))
+        if not rows:
+            raise NotFound(f"no task {task_id}")
+        return t.task_from_row(rows[0])
+
+    def list_tasks(self, job_id: str) -> list[Task]:
+        tasks = t.tasks
+        stmt = select(tasks).where(tasks.c.job_id == job_id).order_by(tasks.c.index)
+        return [t.task_from_row(r) for r in self._rows(stmt)]
+
+    def queued_tasks(self, limit: int) -> list[Task]:
+        tasks = t.tasks
+        stmt = (
+            select(tasks)
+            .where(tasks.c.state == TaskState.QUEUED.value)
+            .order_by(tasks.c.queued_at, tasks.c.id)
+            .limit(limit)
+        )
+        return [t.task_from_row(r) for r in self._rows(stmt)]
+
+    def running_tasks(self, node_id: str | None = None) -> list[Task]:
+        tasks = t.tasks
+        stmt = select(tasks).where(tasks.c.state == TaskState.RUNNING.value).order_by(tasks.c.id)
+        if node_id is not None:
+            stmt = stmt.where(tasks.c.node_id == node_id)
+        return [t.task_from_row(r) for r in self._rows(stmt)]
+
+    def expired_leases(self, now: float) -> list[Task]:
+        tasks = t.tasks
+        stmt = (
+            select(tasks)
+            .where(tasks.c.state == TaskState.RUNNING.value, tasks.c.lease_expires_at < now)
+            .order_by(tasks.c.lease_expires_at, tasks.c.id)
+        )
+        return [t.task_from_row(r) for r in self._rows(stmt)]
+
+    def apply(self, changes: Changes) -> None:
+        with self._engine.begin() as conn:
+            _update_versioned(conn, t.jobs, "job", [t.job_row(j) for j in changes.jobs])
+            _update_versioned(conn, t.tasks, "task", [t.task_row(x) for x in changes.tasks])
+            if changes.checkpoints:
+                self._insert_checkpoints(conn, changes.checkpoints)
+            if changes.work:
+                self._upsert_work(conn, changes.work)
+        # Only after the commit: a rolled-back batch must leave the callers' objects as they were.
+        for job in changes.jobs:
+            job.version += 1
+        for task in changes.tasks:
+            task.version += 1
+
+    def _insert_checkpoints(self, conn: Connection, links: list[CheckpointLink]) -> None:
+        try:
+            conn.execute(generic_insert(t.checkpoints), [t.checkpoint_row(c) for c in links])
+        except IntegrityError as exc:
+            keys = ", ".join(f"({c.task_id}, seq {c.seq})" for c in links)
+            raise Conflict(f"checkpoint link taken or its task unknown: {keys}") from exc
+
+    def _upsert_work(self, conn: Connection, records: list[Work]) -> None:
+        stmt = self._insert(t.work)
+        excluded = stmt.excluded  # type: ignore[attr-defined]
+        keys = ("task_id", "attempt")
+        stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
+            index_elements=list(keys),
+            set_={c.name: excluded[c.name] for c in t.work.columns if c.name not in keys},
+        )
+        try:
+            conn.execute(stmt, [t.work_row(w) for w in records])
+        except IntegrityError as exc:
+            raise Conflict("work record names an unknown task") from exc
+
+    # --- checkpoints, work, logs ----------------------------------------------------------------
+
+    def list_checkpoints(self, task_id: str) -> list[CheckpointLink]:
+        cp = t.checkpoints
+        stmt = select(cp).where(cp.c.task_id == task_id).order_by(cp.c.seq)
+        return [t.checkpoint_from_row(r) for r in self._rows(stmt)]
+
+    def list_work(self, job_id: str) -> list[Work]:
+        w = t.work
+        stmt = select(w).where(w.c.job_id == job_id).order_by(w.c.task_id, w.c.attempt)
+        return [t.work_from_row(r) for r in self._rows(stmt)]
+
+    def append_log(self, record: LogRecord) -> int:
+        values = {c.name: getattr(record, c.name) for c in t.logs.columns if c.name != "seq"}
+        try:
+            with self._engine.begin() as conn:
+                result = conn.execute(generic_insert(t.logs).values(values))
+                key = result.inserted_primary_key
+        except IntegrityError as exc:
+            raise NotFound(f"no job {record.job_id}") from exc
+        assert key is not None  # an INSERT of one row always reports its key
+        return int(key[0])
+
+    def list_logs(self, job_id: str, after_seq: int, limit: int) -> list[LogRecord]:
+        logs = t.logs
+        stmt = (
+            select(logs)
+            .where(logs.c.job_id == job_id, logs.c.seq > after_seq)
+            .order_by(logs.c.seq)
+            .limit(limit)
+        )
+        return [t.log_from_row(r) for r in self._rows(stmt)]
+
+    def tail_logs(self, task_id: str, attempt: int, limit: int) -> list[LogRecord]:
+        logs = t.logs
+        stmt = (
+            select(logs)
+            .where(logs.c.task_id == task_id, logs.c.attempt == attempt)
+            .order_by(logs.c.seq.desc())
+            .limit(limit)
+        )
+        return [t.log_from_row(r) for r in reversed(self._rows(stmt))]
+
+    def _rows(self, stmt: Any) -> list[Any]:
+        with self._engine.connect() as conn:
+            return list(conn.execute(stmt).mappings())
+
+
+def _update_versioned(
+    conn: Connection, table: Table, kind: str, rows: list[dict[str, Any]]
+) -> None:
+    """Write rows whose stored ``version`` still equals theirs, bumping it; else ``Conflict``.
+
+    Raising inside the caller's transaction rolls back everything it wrote before.
+    """
+    stmt = (
+        table.update()
+        .where(table.c.id == bindparam("b_id"), table.c.version == bindparam("b_version"))
+        .values(version=table.c.version + 1)
+    )
+    params = []
+    for row in rows:
+        param = {k: v for k, v in row.items() if k not in ("id", "version")}
+        param["b_id"], param["b_version"] = row["id"], row["version"]
+        params.append(param)
+    if len(params) <= _ROW_BY_ROW_MAX:
+        for param in params:
+            if conn.execute(stmt, param).rowcount == 0:
+                _raise_stale(conn, table, kind, [param["b_id"]])
+        return
+    # Many rows (a job cancelled whole): one executemany; both drivers report the summed count.
+    if conn.execute(stmt, params).rowcount != len(params):
+        _raise_stale(conn, table, kind, [p["b_id"] for p in params])
+
+
+def _raise_stale(conn: Connection, table: Table, kind: str, ids: list[str]) -> None:
+    found = set(conn.scalars(select(table.c.id).where(table.c.id.in_(ids))))
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise NotFound(f"no {kind} {missing[0]}")
+    if len(ids) == 1:
+        raise StaleWrite(f"{kind} {ids[0]} changed concurrently")
+    raise StaleWrite(f"one of {len(ids)} {kind}s ({ids[0]}, ...) changed concurrently")
+
+
+def _create_engine(url: str) -> Engine:
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite":
+        return create_engine(parsed, pool_size=10, max_overflow=20)
+    if parsed.database and parsed.database != ":memory:":
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed)
+    _configure_sqlite(engine)
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # pysqlite's own transaction handling begins late and never around DDL: turn it off and
+        # emit BEGIN ourselves below (SQLAlchemy's documented recipe for pysqlite).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        # WAL: readers never block the writer; NORMAL is durable at checkpoints and never corrupts.
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # IMMEDIATE takes the write lock up front, so two processes migrating at once queue on
+        # busy_timeout instead of one failing when it upgrades its read lock.
+        immediate = conn.get_execution_options().get(_SQLITE_IMMEDIATE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def migrate(engine: Engine) -> None:
+    """Upgrade the database to the newest schema; safe when several hubs start at once."""
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.connect() as conn:
+        conn.execution_options(**{_SQLITE_IMMEDIATE: True})
+        with conn.begin():
+            if engine.dialect.name == "postgresql":
+                # Held until this transaction ends; PostgreSQL's DDL is transactional, so whoever
+                # waits here then finds the schema at head and does nothing.
+                conn.execute(select(func.pg_advisory_xact_lock(MIGRATION_LOCK_KEY)))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")

@@ -1,0 +1,248 @@
+"""The SQL schema as SQLAlchemy Core tables: one row shape per domain record.
+
+This is what the code reads and writes; ``migrations/versions`` is how a database gets there. A test
+compares the two (Alembic's ``compare_metadata``) so they cannot drift apart.
+
+Times are Unix seconds as double precision, money is integer micro-credits (BigInteger), nested
+values (the job spec, a node's inventory, task params and outputs) are JSON text: they are read and
+written whole, never queried into.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Double,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+from lumbung.market.model import (
+    CheckpointLink,
+    Job,
+    JobState,
+    LogRecord,
+    Node,
+    Task,
+    TaskState,
+    Work,
+)
+from lumbung.wire.api import Inventory
+from lumbung.wire.spec import JobSpec
+
+metadata = MetaData()
+
+# SQLite only auto-numbers an INTEGER PRIMARY KEY (the rowid); PostgreSQL gets a 64-bit identity.
+LogSeq = BigInteger().with_variant(Integer(), "sqlite")
+
+actors = Table(
+    "actors",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("public_key", LargeBinary, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+nonces = Table(
+    "nonces",
+    metadata,
+    # The primary key is the uniqueness that makes a replayed nonce fail.
+    Column("actor_id", String(64), primary_key=True),
+    Column("nonce", String, primary_key=True),
+    Column("expires_at", Double, nullable=False),
+    Index("ix_nonces_expires_at", "expires_at"),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String, nullable=False),
+    Column("inventory", Text, nullable=False),
+    Column("price_micro_per_gpu_hour", BigInteger, nullable=False),
+    Column("price_micro_per_cpu_hour", BigInteger, nullable=False),
+    Column("slots", Integer, nullable=False),
+    Column("free_slots", Integer, nullable=False),
+    Column("draining", Boolean, nullable=False),
+    Column("registered_at", Double, nullable=False),
+    Column("last_heartbeat_at", Double, nullable=True),
+    Column("version", Integer, nullable=False),
+)
+
+heartbeat_minutes = Table(
+    "heartbeat_minutes",
+    metadata,
+    Column("node_id", String(64), ForeignKey("nodes.id"), primary_key=True),
+    Column("minute", Integer, primary_key=True, autoincrement=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("owner", String(64), nullable=False),
+    Column("name", String, nullable=False),
+    Column("spec", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("created_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("waiting_reason", Text, nullable=True),
+    Column("version", Integer, nullable=False),
+    Index("ix_jobs_owner_created_at", "owner", "created_at"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("job_id", String(64), ForeignKey("jobs.id"), nullable=False),
+    Column("index", Integer, nullable=False),
+    Column("params", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("queued_at", Double, nullable=False),
+    Column("updated_at", Double, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("failures", Integer, nullable=False),
+    Column("node_id", String(64), nullable=True),
+    Column("lease_expires_at", Double, nullable=True),
+    Column("started_at", Double, nullable=True),
+    Column("progress", Double, nullable=False),
+    Column("exit_code", Integer, nullable=True),
+    Column("outputs", Text, nullable=False),
+    Column("error", Text, nullable=True),
+    Column("last_checkpoint_sha", String(64), nullable=True),
+    Column("log_bytes", BigInteger, nullable=False),
+    Column("version", Integer, nullable=False),
+    Index("ix_tasks_state_queued_at", "state", "queued_at"),
+    Index("ix_tasks_job_id", "job_id"),
+    Index("ix_tasks_state_lease_expires_at", "state", "lease_expires_at"),
+    Index("ix_tasks_node_id", "node_id"),
+)
+
+checkpoints = Table(
+    "checkpoints",
+    metadata,
+    Column("task_id", String(64), ForeignKey("tasks.id"), primary_key=True),
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("sha256", String(64), nullable=False),
+    Column("prev_sha256", String(64), nullable=True),
+    Column("node_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("progress", Double, nullable=False),
+    Column("runtime_s", Double, nullable=False),
+    Column("kept_s", Double, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
+work = Table(
+    "work",
+    metadata,
+    Column("task_id", String(64), ForeignKey("tasks.id"), primary_key=True),
+    Column("attempt", Integer, primary_key=True, autoincrement=False),
+    Column("job_id", String(64), nullable=False),
+    Column("node_id", String(64), nullable=False),
+    Column("price_micro_per_hour", BigInteger, nullable=False),
+    Column("kept_s", Double, nullable=False),
+    Column("lost_s", Double, nullable=False),
+    Index("ix_work_job_id", "job_id"),
+)
+
+logs = Table(
+    "logs",
+    metadata,
+    Column("seq", LogSeq, primary_key=True, autoincrement=True),
+    Column("job_id", String(64), ForeignKey("jobs.id"), nullable=False),
+    Column("task_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("stream", String, nullable=False),
+    Column("text", Text, nullable=False),
+    Column("at", Double, nullable=False),
+    Index("ix_logs_job_id_seq", "job_id", "seq"),
+    Index("ix_logs_task_id_attempt_seq", "task_id", "attempt", "seq"),
+)
+
+
+# --- records to rows and back ---------------------------------------------------------------------
+# Written field by field rather than with dataclasses.asdict, which deep-copies and is several times
+# slower on the hot paths (claims, heartbeats).
+
+_NODE_PLAIN = [c.name for c in nodes.columns if c.name != "inventory"]
+_JOB_PLAIN = [c.name for c in jobs.columns if c.name not in ("spec", "state")]
+_TASK_PLAIN = [c.name for c in tasks.columns if c.name not in ("params", "outputs", "state")]
+_CHECKPOINT_FIELDS = [c.name for c in checkpoints.columns]
+_WORK_FIELDS = [c.name for c in work.columns]
+
+
+def node_row(node: Node) -> dict[str, Any]:
+    row = {name: getattr(node, name) for name in _NODE_PLAIN}
+    row["inventory"] = node.inventory.model_dump_json()
+    return row
+
+
+def node_from_row(row: Mapping[Any, Any]) -> Node:
+    values = {name: row[name] for name in _NODE_PLAIN}
+    return Node(inventory=Inventory.model_validate_json(row["inventory"]), **values)
+
+
+def job_row(job: Job) -> dict[str, Any]:
+    row = {name: getattr(job, name) for name in _JOB_PLAIN}
+    row["spec"] = job.spec.model_dump_json()
+    row["state"] = job.state.value
+    return row
+
+
+def job_from_row(row: Mapping[Any, Any]) -> Job:
+    values = {name: row[name] for name in _JOB_PLAIN}
+    spec = JobSpec.model_validate_json(row["spec"])
+    return Job(spec=spec, state=JobState(row["state"]), **values)
+
+
+def task_row(task: Task) -> dict[str, Any]:
+    row = {name: getattr(task, name) for name in _TASK_PLAIN}
+    row["params"] = json.dumps(task.params)
+    row["outputs"] = json.dumps(task.outputs)
+    row["state"] = task.state.value
+    return row
+
+
+def task_from_row(row: Mapping[Any, Any]) -> Task:
+    values = {name: row[name] for name in _TASK_PLAIN}
+    return Task(
+        params=json.loads(row["params"]),
+        outputs=json.loads(row["outputs"]),
+        state=TaskState(row["state"]),
+        **values,
+    )
+
+
+def checkpoint_row(link: CheckpointLink) -> dict[str, Any]:
+    return {name: getattr(link, name) for name in _CHECKPOINT_FIELDS}
+
+
+def checkpoint_from_row(row: Mapping[Any, Any]) -> CheckpointLink:
+    return CheckpointLink(**{name: row[name] for name in _CHECKPOINT_FIELDS})
+
+
+def work_row(record: Work) -> dict[str, Any]:
+    return {name: getattr(record, name) for name in _WORK_FIELDS}
+
+
+def work_from_row(row: Mapping[Any, Any]) -> Work:
+    return Work(**{name: row[name] for name in _WORK_FIELDS})
+
+
+def log_from_row(row: Mapping[Any, Any]) -> LogRecord:
+    return LogRecord(**{c.name: row[c.name] for c in logs.columns})

@@ -1,0 +1,417 @@
+"""Store behaviour, run against the memory store, SQLite and PostgreSQL (``store`` fixture)."""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from lumbung.errors import Conflict, NotFound, StaleWrite
+from lumbung.ids import new_id
+from lumbung.market.model import (
+    CheckpointLink,
+    Job,
+    JobState,
+    LogRecord,
+    Node,
+    Task,
+    TaskState,
+    Work,
+)
+from lumbung.store.protocol import Changes, Store
+from lumbung.store.sql import SqlStore
+from lumbung.store.tables import metadata
+from lumbung.wire.api import GpuInfo, Inventory
+from lumbung.wire.spec import JobSpec
+
+OWNER = "ak_" + "a" * 32
+NODE = "ak_" + "n" * 32
+T0 = 1_700_000_000.0
+
+
+def make_job(owner: str = OWNER, created_at: float = T0) -> Job:
+    spec = JobSpec(
+        name="sweep",
+        command=["python", "train.py", "--lr", "{lr}"],
+        max_price_micro_per_hour=2_500_000,
+        grid={"lr": [0.1, 0.01], "flag": [True], "label": ["a"], "n": [3]},
+        env={"SEED": "1"},
+        outputs=["model.pt"],
+    )
+    return Job(
+        id=new_id("job"),
+        owner=owner,
+        name="sweep",
+        spec=spec,
+        state=JobState.QUEUED,
+        created_at=created_at,
+        updated_at=created_at,
+    )
+
+
+def make_task(job: Job, index: int = 0, queued_at: float = T0) -> Task:
+    return Task(
+        id=new_id("task"),
+        job_id=job.id,
+        index=index,
+        params={"lr": 0.1, "flag": True, "label": "a", "n": 3},
+        state=TaskState.QUEUED,
+        queued_at=queued_at,
+        updated_at=queued_at,
+    )
+
+
+def make_node(node_id: str = NODE) -> Node:
+    inventory = Inventory(
+        gpus=[GpuInfo(model="RTX 4090", memory_mib=24_564, driver="550.1")],
+        cpus=16,
+        memory_mib=65_536,
+        disk_free_mib=500_000,
+        os="linux",
+    )
+    return Node(
+        id=node_id,
+        name="home-rig",
+        inventory=inventory,
+        price_micro_per_gpu_hour=400_000,
+        price_micro_per_cpu_hour=10_000,
+        slots=2,
+        free_slots=2,
+        draining=False,
+        registered_at=T0,
+        last_heartbeat_at=None,
+    )
+
+
+def lease(task: Task, node_id: str = NODE, expires_at: float = T0 + 60) -> Task:
+    task.state = TaskState.RUNNING
+    task.node_id = node_id
+    task.attempt += 1
+    task.started_at = T0
+    task.lease_expires_at = expires_at
+    return task
+
+
+def link(task: Task, seq: int, sha: str = "c" * 64) -> CheckpointLink:
+    return CheckpointLink(
+        task_id=task.id,
+        seq=seq,
+        sha256=sha,
+        prev_sha256=None if seq == 0 else "b" * 64,
+        node_id=NODE,
+        attempt=1,
+        progress=0.25,
+        runtime_s=30.5,
+        kept_s=30.5,
+        created_at=T0 + 31,
+    )
+
+
+def stored_job_with_tasks(store: Store, count: int = 1) -> tuple[Job, list[Task]]:
+    job = make_job()
+    tasks = [make_task(job, i) for i in range(count)]
+    store.create_job(job, tasks)
+    return job, tasks
+
+
+# --- jobs and tasks -----------------------------------------------------------------------------
+
+
+def test_job_and_tasks_round_trip_every_field(store: Store) -> None:
+    job = make_job()
+    job.error, job.waiting_reason, job.state = "boom", "no node fits", JobState.RUNNING
+    task = make_task(job)
+    full = dataclasses.replace(
+        lease(make_task(job, 1)),
+        failures=1,
+        progress=0.5,
+        exit_code=3,
+        outputs={"model.pt": "d" * 64},
+        error="killed",
+        last_checkpoint_sha="e" * 64,
+        log_bytes=12_345,
+    )
+    store.create_job(job, [task, full])
+    assert store.get_job(job.id) == job
+    assert store.get_task(full.id) == full
+    assert store.list_tasks(job.id) == [task, full]
+    assert store.list_jobs(OWNER) == [job]
+
+
+def test_missing_objects_raise_not_found_naming_the_id(store: Store) -> None:
+    for call, missing in [
+        (store.get_job, "job_missing"),
+        (store.get_task, "task_missing"),
+        (store.get_node, "ak_missing"),
+    ]:
+        with pytest.raises(NotFound, match=missing):
+            call(missing)
+    with pytest.raises(NotFound, match="ak_missing"):
+        store.record_heartbeat("ak_missing", T0, 1, False)
+    with pytest.raises(NotFound, match="job_missing"):
+        store.append_log(LogRecord(0, "job_missing", "task_x", 1, "stdout", "hi", T0))
+
+
+def test_list_jobs_returns_only_the_owners_newest_first(store: Store) -> None:
+    old, new = make_job(created_at=T0), make_job(created_at=T0 + 5)
+    other = make_job(owner="ak_" + "o" * 32)
+    for job in (old, new, other):
+        store.create_job(job, [])
+    assert [j.id for j in store.list_jobs(OWNER)] == [new.id, old.id]
+
+
+def test_create_job_with_a_taken_id_conflicts(store: Store) -> None:
+    job, _ = stored_job_with_tasks(store)
+    with pytest.raises(Conflict):
+        store.create_job(job, [make_task(job, 7)])
+    assert len(store.list_tasks(job.id)) == 1
+
+
+def test_returned_records_are_copies_not_stored_state(store: Store) -> None:
+    _, [task] = stored_job_with_tasks(store)
+    fetched = store.get_task(task.id)
+    fetched.params["lr"] = 99.0
+    fetched.state = TaskState.FAILED
+    assert store.get_task(task.id) == task
+
+
+# --- apply: optimistic concurrency, all or nothing ----------------------------------------------
+
+
+def test_apply_bumps_versions_on_stored_and_passed_objects(store: Store) -> None:
+    job, [task] = stored_job_with_tasks(store)
+    job.state = JobState.RUNNING
+    lease(task)
+    store.apply(Changes(jobs=[job], tasks=[task]))
+    assert (job.version, task.version) == (1, 1)
+    assert store.get_job(job.id) == job
+    assert store.get_task(task.id) == task
+
+
+def test_stale_job_fails_the_batch_and_leaves_the_fresh_task_unchanged(store: Store) -> None:
+    job, [task] = stored_job_with_tasks(store)
+    store.apply(Changes(jobs=[store.get_job(job.id)]))  # someone else writes the job first
+    lease(task)
+    job.state = JobState.RUNNING
+    with pytest.raises(StaleWrite, match=f"job {job.id} changed concurrently"):
+        store.apply(Changes(tasks=[task], jobs=[job], checkpoints=[link(task, 0)]))
+    assert store.get_task(task.id).state == TaskState.QUEUED
+    assert store.get_task(task.id).version == 0
+    assert store.list_checkpoints(task.id) == []
+    assert (task.version, job.version) == (0, 0)
+
+
+def test_stale_task_fails_the_batch_and_rolls_back_the_fresh_job(store: Store) -> None:
+    job, [task] = stored_job_with_tasks(store)
+    store.apply(Changes(tasks=[store.get_task(task.id)]))  # someone else writes the task first
+    job.state, job.waiting_reason = JobState.RUNNING, None
+    with pytest.raises(StaleWrite, match=f"task {task.id} changed concurrently"):
+        store.apply(Changes(jobs=[job], tasks=[lease(task)]))
+    assert store.get_job(job.id).state == JobState.QUEUED
+    assert store.get_job(job.id).version == 0
+
+
+def test_one_stale_task_among_many_fails_the_whole_batch(store: Store) -> None:
+    _, tasks = stored_job_with_tasks(store, count=40)
+    store.apply(Changes(tasks=[store.get_task(tasks[25].id)]))
+    for task in tasks:
+        task.state = TaskState.CANCELLED
+    with pytest.raises(StaleWrite, match="changed concurrently"):
+        store.apply(Changes(tasks=tasks))
+    assert all(store.get_task(t.id).state == TaskState.QUEUED for t in tasks)
+
+
+def test_many_fresh_tasks_are_updated_together(store: Store) -> None:
+    job, tasks = stored_job_with_tasks(store, count=40)
+    for task in tasks:
+        task.state = TaskState.CANCELLED
+    store.apply(Changes(tasks=tasks))
+    assert {(t.state, t.version) for t in store.list_tasks(job.id)} == {(TaskState.CANCELLED, 1)}
+
+
+def test_apply_to_an_unknown_task_raises_not_found(store: Store) -> None:
+    ghost = make_task(make_job())
+    with pytest.raises(NotFound, match=ghost.id):
+        store.apply(Changes(tasks=[ghost]))
+
+
+def test_taken_checkpoint_seq_conflicts_and_rolls_back_the_batch(store: Store) -> None:
+    _, [task] = stored_job_with_tasks(store)
+    store.apply(Changes(checkpoints=[link(task, 0)]))
+    task.progress = 0.9
+    with pytest.raises(Conflict, match="checkpoint"):
+        store.apply(Changes(tasks=[task], checkpoints=[link(task, 0, sha="f" * 64)]))
+    assert store.get_task(task.id).progress == 0.0
+    assert store.list_checkpoints(task.id) == [link(task, 0)]
+
+
+def test_checkpoints_are_listed_by_seq(store: Store) -> None:
+    _, [task] = stored_job_with_tasks(store)
+    store.apply(Changes(checkpoints=[link(task, 2), link(task, 0)]))
+    store.apply(Changes(checkpoints=[link(task, 1)]))
+    assert [c.seq for c in store.list_checkpoints(task.id)] == [0, 1, 2]
+
+
+def test_work_is_upserted_by_task_and_attempt(store: Store) -> None:
+    job, [task] = stored_job_with_tasks(store)
+    first = Work(job.id, task.id, 1, NODE, 400_000, kept_s=10.0)
+    store.apply(Changes(work=[first, Work(job.id, task.id, 2, NODE, 500_000)]))
+    store.apply(Changes(work=[dataclasses.replace(first, kept_s=25.0, lost_s=4.5)]))
+    assert store.list_work(job.id) == [
+        Work(job.id, task.id, 1, NODE, 400_000, kept_s=25.0, lost_s=4.5),
+        Work(job.id, task.id, 2, NODE, 500_000),
+    ]
+
+
+def test_racing_updates_of_one_task_version_let_exactly_one_win(store: Store) -> None:
+    _, [task] = stored_job_with_tasks(store)
+    racers = 4
+    barrier = threading.Barrier(racers)
+
+    def claim(node_number: int) -> str:
+        mine = lease(store.get_task(task.id), node_id=f"ak_{node_number}")
+        barrier.wait()
+        try:
+            store.apply(Changes(tasks=[mine]))
+        except Conflict:
+            return "lost"
+        return "won"
+
+    with ThreadPoolExecutor(racers) as pool:
+        outcomes = list(pool.map(claim, range(racers)))
+    assert sorted(outcomes) == ["lost"] * (racers - 1) + ["won"]
+    assert store.get_task(task.id).version == 1
+
+
+# --- queues and leases --------------------------------------------------------------------------
+
+
+def test_queued_tasks_come_oldest_first_up_to_the_limit(store: Store) -> None:
+    job = make_job()
+    tasks = [make_task(job, i, queued_at=T0 + q) for i, q in enumerate([30, 10, 20, 5])]
+    tasks[3].state = TaskState.SUCCEEDED
+    store.create_job(job, tasks)
+    assert [t.index for t in store.queued_tasks(limit=2)] == [1, 2]
+    assert [t.index for t in store.queued_tasks(limit=10)] == [1, 2, 0]
+
+
+def test_running_tasks_can_be_filtered_by_node(store: Store) -> None:
+    job = make_job()
+    mine, theirs, idle = (make_task(job, i) for i in range(3))
+    store.create_job(job, [lease(mine), lease(theirs, node_id="ak_other"), idle])
+    assert {t.id for t in store.running_tasks()} == {mine.id, theirs.id}
+    assert [t.id for t in store.running_tasks(NODE)] == [mine.id]
+
+
+def test_expired_leases_are_the_running_tasks_past_their_lease(store: Store) -> None:
+    job = make_job()
+    late, fresh, queued = (make_task(job, i) for i in range(3))
+    queued.lease_expires_at = T0  # a leftover lease time on a queued task is not a lease
+    store.create_job(
+        job, [lease(late, expires_at=T0 + 10), lease(fresh, expires_at=T0 + 99), queued]
+    )
+    assert [t.id for t in store.expired_leases(now=T0 + 50)] == [late.id]
+    assert store.expired_leases(now=T0 + 10) == []
+
+
+# --- actors, nonces, nodes, heartbeats ----------------------------------------------------------
+
+
+def test_reused_nonce_conflicts_until_purged(store: Store) -> None:
+    store.ensure_actor(OWNER, b"k" * 32, T0)
+    store.ensure_actor(OWNER, b"other key", T0 + 1)  # a known actor keeps its key, no error
+    store.use_nonce(OWNER, "n1", expires_at=T0 + 300)
+    store.use_nonce("ak_" + "o" * 32, "n1", expires_at=T0 + 300)  # nonces are per actor
+    store.use_nonce(OWNER, "n2", expires_at=T0 + 900)
+    with pytest.raises(Conflict, match="replayed"):
+        store.use_nonce(OWNER, "n1", expires_at=T0 + 300)
+    assert store.purge_nonces(now=T0 + 600) == 2
+    store.use_nonce(OWNER, "n1", expires_at=T0 + 1200)
+    with pytest.raises(Conflict):
+        store.use_nonce(OWNER, "n2", expires_at=T0 + 1200)
+
+
+def test_put_node_inserts_then_replaces_and_bumps_version(store: Store) -> None:
+    node = make_node()
+    store.put_node(node)
+    assert store.get_node(NODE) == node
+    node.slots, node.price_micro_per_gpu_hour = 4, 350_000
+    store.put_node(node)
+    assert node.version == 1
+    assert store.get_node(NODE) == node
+    assert store.list_nodes() == [node]
+
+
+def test_heartbeats_update_the_node_and_count_distinct_minutes(store: Store) -> None:
+    store.put_node(make_node())
+    minute = 60 * 28_333_000
+    for at in [minute + 1, minute + 5, minute + 61, minute + 200]:
+        store.record_heartbeat(NODE, float(at), free_slots=1, draining=True)
+    node = store.get_node(NODE)
+    assert (node.last_heartbeat_at, node.free_slots, node.draining) == (minute + 200, 1, True)
+    assert store.heartbeat_minutes(NODE, since=0.0) == 3
+    assert store.heartbeat_minutes(NODE, since=minute + 60.0) == 2
+    assert store.heartbeat_minutes("ak_silent", since=0.0) == 0
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+
+def test_logs_get_increasing_seqs_and_are_paged_after_a_seq(store: Store) -> None:
+    job, [task] = stored_job_with_tasks(store)
+    other, _ = stored_job_with_tasks(store)
+    seqs = []
+    for i in range(5):
+        seqs.append(store.append_log(LogRecord(0, job.id, task.id, 1, "stdout", f"l{i}", T0 + i)))
+        store.append_log(LogRecord(0, other.id, "task_x", 1, "stderr", "noise", T0))
+    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    page = store.list_logs(job.id, after_seq=seqs[1], limit=2)
+    assert [r.text for r in page] == ["l2", "l3"]
+    assert [r.seq for r in page] == seqs[2:4]
+    assert page[0] == LogRecord(seqs[2], job.id, task.id, 1, "stdout", "l2", T0 + 2)
+    assert store.list_logs(job.id, after_seq=seqs[-1], limit=10) == []
+
+
+def test_tail_logs_gives_the_last_chunks_of_one_attempt_in_order(store: Store) -> None:
+    job, [task] = stored_job_with_tasks(store)
+    for attempt, text in [(1, "a1"), (2, "b1"), (1, "a2"), (2, "b2"), (2, "b3")]:
+        store.append_log(LogRecord(0, job.id, task.id, attempt, "stderr", text, T0))
+    assert [r.text for r in store.tail_logs(task.id, attempt=2, limit=2)] == ["b2", "b3"]
+    assert [r.text for r in store.tail_logs(task.id, attempt=1, limit=10)] == ["a1", "a2"]
+    assert store.tail_logs(task.id, attempt=3, limit=10) == []
+
+
+# --- the SQL store only: schema and migrations --------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def sql_url(request: pytest.FixtureRequest) -> str:
+    return str(request.getfixturevalue(f"{request.param}_url"))
+
+
+def test_migrated_schema_matches_the_tables(sql_url: str) -> None:
+    store = SqlStore.open(sql_url)
+    try:
+        with store.engine.connect() as conn:
+            assert compare_metadata(MigrationContext.configure(conn), metadata) == []
+    finally:
+        store.close()
+
+
+def test_hubs_starting_at_once_migrate_exactly_once(sql_url: str) -> None:
+    with ThreadPoolExecutor(4) as pool:
+        stores = list(pool.map(lambda _: SqlStore.open(sql_url), range(4)))
+    try:
+        with stores[0].engine.connect() as conn:
+            versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
+        assert versions == [("0001",)]
+        stores[0].put_node(make_node())
+        assert stores[3].get_node(NODE) == make_node()
+    finally:
+        for opened in stores:
+            opened.close()
