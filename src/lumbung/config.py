@@ -33,11 +33,11 @@ class HubConfig:
     lease_timeout_s: float = 15.0
     # How often the hub looks for expired leases.
     reaper_interval_s: float = 1.0
-    # Signatures older than this (or this far in the future) are rejected as stale (RFC 9421 s3.2.1).
+    # Signatures older than this are rejected as stale (RFC 9421 section 3.2.1).
     signature_max_age_s: int = 300
     # Longest a node's claim request is held open waiting for work.
     claim_wait_max_s: float = 20.0
-    # A cheaper idle node gets first refusal on a task for this long before a dearer node may take it.
+    # A cheaper idle node gets first refusal on a task for this long; then any node may take it.
     cheaper_node_grace_s: float = 2.0
     # Largest artifact accepted, in bytes.
     max_blob_bytes: int = 512 * 1024 * 1024
@@ -145,9 +145,7 @@ def _coerce(cls: type, hints: dict[str, Any], key: str, value: Any, *, source: s
             raise ValueError(f"not an integer: {value!r}")
         return target(value)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(
-            f"bad value for {key} from {source}: {exc}", field=key
-        ) from exc
+        raise ConfigError(f"bad value for {key} from {source}: {exc}", field=key) from exc
 
 
 __all__ = ["ClientConfig", "HubConfig", "NodeConfig", "load"]

@@ -75,13 +75,17 @@ class Hub:
 
     def node(self, name: str, price_cpu: int = 10_000, cpus: int = 4) -> Actor:
         node = self.actor()
-        node.call("POST", "/v1/nodes/register", {
-            "name": name,
-            "inventory": {"cpus": cpus, "memory_mib": 8192, "disk_free_mib": 50_000},
-            "price_micro_per_gpu_hour": 0,
-            "price_micro_per_cpu_hour": price_cpu,
-            "slots": 1,
-        })
+        node.call(
+            "POST",
+            "/v1/nodes/register",
+            {
+                "name": name,
+                "inventory": {"cpus": cpus, "memory_mib": 8192, "disk_free_mib": 50_000},
+                "price_micro_per_gpu_hour": 0,
+                "price_micro_per_cpu_hour": price_cpu,
+                "slots": 1,
+            },
+        )
         return node
 
 
@@ -107,7 +111,9 @@ def spec(**overrides: Any) -> dict[str, Any]:
 
 
 def claim(node: Actor) -> dict[str, Any] | None:
-    result: dict[str, Any] | None = node.call("POST", "/v1/tasks/claim", {"wait_s": 0})["assignment"]
+    result: dict[str, Any] | None = node.call("POST", "/v1/tasks/claim", {"wait_s": 0})[
+        "assignment"
+    ]
     return result
 
 
@@ -124,14 +130,32 @@ def test_job_runs_from_submit_to_results(hub: Hub) -> None:
     assert task is not None and task["inputs"] == {"main.py": code}
     assert task["command"] == ["python", "-c", "print(1)"]
     ckpt = node.upload(b"state-1")
-    node.call("POST", f"/v1/tasks/{task['task_id']}/checkpoints", {
-        "attempt": 1, "sha256": ckpt, "size_bytes": 7, "prev_sha256": None, "progress": 0.5,
-        "runtime_s": 3.0}, expect=204)
-    node.call("POST", f"/v1/tasks/{task['task_id']}/logs",
-              {"attempt": 1, "stream": "stdout", "text": "1\n"}, expect=204)
+    node.call(
+        "POST",
+        f"/v1/tasks/{task['task_id']}/checkpoints",
+        {
+            "attempt": 1,
+            "sha256": ckpt,
+            "size_bytes": 7,
+            "prev_sha256": None,
+            "progress": 0.5,
+            "runtime_s": 3.0,
+        },
+        expect=204,
+    )
+    node.call(
+        "POST",
+        f"/v1/tasks/{task['task_id']}/logs",
+        {"attempt": 1, "stream": "stdout", "text": "1\n"},
+        expect=204,
+    )
     out = node.upload(b"result")
-    node.call("POST", f"/v1/tasks/{task['task_id']}/complete", {
-        "attempt": 1, "exit_code": 0, "outputs": {"out.txt": out}, "runtime_s": 5.0}, expect=204)
+    node.call(
+        "POST",
+        f"/v1/tasks/{task['task_id']}/complete",
+        {"attempt": 1, "exit_code": 0, "outputs": {"out.txt": out}, "runtime_s": 5.0},
+        expect=204,
+    )
 
     job = consumer.call("GET", f"/v1/jobs/{job_id}")
     assert job["state"] == "succeeded"
@@ -151,9 +175,19 @@ def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> No
     assert task is not None
     ckpt = first.upload(b"epoch-3")
     hub.clock.advance(4.0)
-    first.call("POST", f"/v1/tasks/{task['task_id']}/checkpoints", {
-        "attempt": 1, "sha256": ckpt, "size_bytes": 7, "prev_sha256": None, "progress": 0.3,
-        "runtime_s": 4.0}, expect=204)
+    first.call(
+        "POST",
+        f"/v1/tasks/{task['task_id']}/checkpoints",
+        {
+            "attempt": 1,
+            "sha256": ckpt,
+            "size_bytes": 7,
+            "prev_sha256": None,
+            "progress": 0.3,
+            "runtime_s": 4.0,
+        },
+        expect=204,
+    )
     hub.clock.advance(2.0)
     beat = {"tasks": [{"task_id": task["task_id"], "attempt": 1, "progress": 0.4}]}
     first.call("POST", "/v1/nodes/heartbeat", beat)
@@ -171,8 +205,12 @@ def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> No
     assert work[first.id]["kept_s"] == 4.0
     assert work[first.id]["lost_s"] == pytest.approx(2.0)  # heard last 6 s in, checkpoint at 4 s
     # The first node comes back: its report on the old attempt is refused, changing nothing.
-    first.call("POST", f"/v1/tasks/{task['task_id']}/complete", {
-        "attempt": 1, "exit_code": 0, "runtime_s": 9.0}, expect=403)
+    first.call(
+        "POST",
+        f"/v1/tasks/{task['task_id']}/complete",
+        {"attempt": 1, "exit_code": 0, "runtime_s": 9.0},
+        expect=403,
+    )
 
 
 def test_failed_task_is_retried_then_fails_the_job_with_its_last_log_lines(hub: Hub) -> None:
@@ -182,10 +220,18 @@ def test_failed_task_is_retried_then_fails_the_job_with_its_last_log_lines(hub: 
     for attempt in (1, 2):
         task = claim(node)
         assert task is not None and task["attempt"] == attempt
-        node.call("POST", f"/v1/tasks/{task['task_id']}/logs", {
-            "attempt": attempt, "stream": "stderr", "text": f"boom {attempt}\n"}, expect=204)
-        node.call("POST", f"/v1/tasks/{task['task_id']}/complete", {
-            "attempt": attempt, "exit_code": 3, "runtime_s": 1.0}, expect=204)
+        node.call(
+            "POST",
+            f"/v1/tasks/{task['task_id']}/logs",
+            {"attempt": attempt, "stream": "stderr", "text": f"boom {attempt}\n"},
+            expect=204,
+        )
+        node.call(
+            "POST",
+            f"/v1/tasks/{task['task_id']}/complete",
+            {"attempt": attempt, "exit_code": 3, "runtime_s": 1.0},
+            expect=204,
+        )
     job = consumer.call("GET", f"/v1/jobs/{job_id}")
     assert job["state"] == "failed"
     assert "exit code 3" in job["error"] and "boom 2" in job["error"]
@@ -259,10 +305,18 @@ def test_nodes_and_consumers_act_only_on_their_own_objects(hub: Hub) -> None:
     hub.clock.advance(5.0)  # past the cheaper-node grace: whichever node asks first gets it
     task = claim(holder)
     assert task is not None
-    thief.call("POST", f"/v1/tasks/{task['task_id']}/complete",
-               {"attempt": 1, "exit_code": 0, "runtime_s": 1.0}, expect=403)
-    thief.call("POST", f"/v1/tasks/{task['task_id']}/logs",
-               {"attempt": 1, "stream": "stdout", "text": "fake"}, expect=403)
+    thief.call(
+        "POST",
+        f"/v1/tasks/{task['task_id']}/complete",
+        {"attempt": 1, "exit_code": 0, "runtime_s": 1.0},
+        expect=403,
+    )
+    thief.call(
+        "POST",
+        f"/v1/tasks/{task['task_id']}/logs",
+        {"attempt": 1, "stream": "stdout", "text": "fake"},
+        expect=403,
+    )
     other.call("GET", f"/v1/jobs/{job_id}", expect=403)
     other.call("POST", f"/v1/jobs/{job_id}/cancel", expect=403)
     job = owner.call("GET", f"/v1/jobs/{job_id}")
@@ -273,9 +327,12 @@ def test_nodes_and_consumers_act_only_on_their_own_objects(hub: Hub) -> None:
 def test_uploads_must_match_their_name_and_size_limit(hub: Hub) -> None:
     actor = hub.actor()
     wrong = hashlib.sha256(b"other").hexdigest()
-    response = hub.http.put(f"/v1/blobs/{wrong}", content=b"data",
-                            headers={"x-lumbung-streamed": "1"},
-                            auth=SignedAuth(actor.identity, clock=hub.clock))
+    response = hub.http.put(
+        f"/v1/blobs/{wrong}",
+        content=b"data",
+        headers={"x-lumbung-streamed": "1"},
+        auth=SignedAuth(actor.identity, clock=hub.clock),
+    )
     assert response.status_code == 422 and response.json()["error"] == "HashMismatch"
     assert not hub.ctx.blobs.exists(wrong)
     big = b"x" * (hub.ctx.config.max_blob_bytes + 1)
@@ -292,12 +349,47 @@ def test_checkpoint_must_extend_the_chain(hub: Hub) -> None:
     assert task is not None
     a, b = node.upload(b"a"), node.upload(b"b")
     url = f"/v1/tasks/{task['task_id']}/checkpoints"
-    node.call("POST", url, {"attempt": 1, "sha256": a, "size_bytes": 1, "prev_sha256": None,
-                            "runtime_s": 1.0}, expect=204)
-    node.call("POST", url, {"attempt": 1, "sha256": b, "size_bytes": 1, "prev_sha256": None,
-                            "runtime_s": 2.0}, expect=409)
+    node.call(
+        "POST",
+        url,
+        {"attempt": 1, "sha256": a, "size_bytes": 1, "prev_sha256": None, "runtime_s": 1.0},
+        expect=204,
+    )
+    node.call(
+        "POST",
+        url,
+        {"attempt": 1, "sha256": b, "size_bytes": 1, "prev_sha256": None, "runtime_s": 2.0},
+        expect=409,
+    )
     missing = hashlib.sha256(b"never uploaded").hexdigest()
-    node.call("POST", url, {"attempt": 1, "sha256": missing, "size_bytes": 1, "prev_sha256": a,
-                            "runtime_s": 2.0}, expect=422)
-    node.call("POST", url, {"attempt": 1, "sha256": b, "size_bytes": 1, "prev_sha256": a,
-                            "runtime_s": 2.0}, expect=204)
+    node.call(
+        "POST",
+        url,
+        {"attempt": 1, "sha256": missing, "size_bytes": 1, "prev_sha256": a, "runtime_s": 2.0},
+        expect=422,
+    )
+    node.call(
+        "POST",
+        url,
+        {"attempt": 1, "sha256": b, "size_bytes": 1, "prev_sha256": a, "runtime_s": 2.0},
+        expect=204,
+    )
+
+
+def test_a_failed_task_is_retried_on_another_node_when_one_is_free(hub: Hub) -> None:
+    cheap = hub.node("cheap", price_cpu=1_000)
+    dear = hub.node("dear", price_cpu=9_000)
+    consumer = hub.actor()
+    consumer.call("POST", "/v1/jobs", {"spec": spec(retries=2)}, expect=201)
+    task = claim(cheap)
+    assert task is not None
+    cheap.call(
+        "POST",
+        f"/v1/tasks/{task['task_id']}/complete",
+        {"attempt": 1, "exit_code": 1, "runtime_s": 1.0},
+        expect=204,
+    )
+    assert claim(cheap) is None  # it failed here; the other free node should try it
+    hub.clock.advance(5.0)  # past the grace given to the cheaper node
+    retry = claim(dear)
+    assert retry is not None and retry["attempt"] == 2

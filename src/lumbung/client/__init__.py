@@ -1,4 +1,4 @@
-"""The client side of the hub's API: ``Client`` for consumers, ``NodeSession`` for provider nodes."""
+"""The client side of the hub's API: ``Client`` for consumers, ``NodeSession`` for nodes."""
 
 from lumbung.client.consumer import Client
 from lumbung.client.node_session import NodeSession

@@ -1,13 +1,14 @@
 """``lumbung.Client``: submit, plan, watch and collect jobs from Python.
 
-    from lumbung import Client
-    client = Client.connect("http://127.0.0.1:8600")
-    job = client.submit(parse_spec(open("sweep.yaml").read()), base_dir=Path("."))
-    done = client.wait(job.id, timeout_s=600)
+from lumbung import Client
+client = Client.connect("http://127.0.0.1:8600")
+job = client.submit(parse_spec(open("sweep.yaml").read()), base_dir=Path("."))
+done = client.wait(job.id, timeout_s=600)
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import time
 from pathlib import Path
@@ -62,13 +63,13 @@ class Client:
     def get(self, job_id: str) -> JobView:
         return JobView.model_validate(self._hub.call("GET", f"/v1/jobs/{job_id}"))
 
-    def list(self) -> list[JobSummary]:
+    def list(self) -> builtins.list[JobSummary]:
         return [JobSummary.model_validate(j) for j in self._hub.call("GET", "/v1/jobs")]
 
-    def nodes(self) -> list[NodeView]:
+    def nodes(self) -> builtins.list[NodeView]:
         return [NodeView.model_validate(n) for n in self._hub.call("GET", "/v1/nodes")]
 
-    def logs(self, job_id: str, after_seq: int = 0) -> list[LogLine]:
+    def logs(self, job_id: str, after_seq: int = 0) -> builtins.list[LogLine]:
         raw = self._hub.call("GET", f"/v1/jobs/{job_id}/logs", params={"after": after_seq})
         return [LogLine.model_validate(line) for line in raw]
 

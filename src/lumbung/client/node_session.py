@@ -41,7 +41,9 @@ class NodeSession:
         return self._hub.identity.actor_id
 
     def register(self, registration: NodeRegister) -> NodeView:
-        raw = self._hub.call("POST", "/v1/nodes/register", json=registration.model_dump(mode="json"))
+        raw = self._hub.call(
+            "POST", "/v1/nodes/register", json=registration.model_dump(mode="json")
+        )
         return NodeView.model_validate(raw)
 
     def heartbeat(self, request: HeartbeatRequest) -> HeartbeatResponse:

@@ -79,7 +79,9 @@ class HubTransport:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise errors.Unavailable(f"cannot reach the hub at {self._http.base_url}: {exc}") from exc
+            raise errors.Unavailable(
+                f"cannot reach the hub at {self._http.base_url}: {exc}"
+            ) from exc
         if response.status_code >= 400:
             raise error_from_response(response)
         return response.json() if response.content else None

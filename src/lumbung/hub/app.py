@@ -31,7 +31,7 @@ async def _reap(ctx: HubContext) -> None:
             if since_sweep >= _NONCE_SWEEP_S:
                 ctx.store.purge_nonces(ctx.clock())
                 since_sweep = 0.0
-        except Exception:  # noqa: BLE001 - a store hiccup must not kill the reaper
+        except Exception:
             log.exception("lease reaper failed; retrying")
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,10 +39,8 @@ class WorkSignal:
         event.set()
 
     async def wait(self, timeout_s: float) -> None:
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._current().wait(), timeout=max(timeout_s, 0.0))
-        except TimeoutError:
-            pass
 
 
 @dataclass

@@ -37,7 +37,7 @@ def plan(ctx: HubContext, spec: JobSpec) -> Plan:
 
 
 def submit(ctx: HubContext, owner: str, spec: JobSpec) -> SubmitResponse:
-    """Validate, plan and store the job with its tasks; a job nothing can run yet waits, saying why."""
+    """Validate, plan and store the job and its tasks; a job nothing can run waits, saying why."""
     the_plan = plan(ctx, spec)
     for i, item in enumerate(spec.inputs):
         if item.sha256 is not None and not ctx.blobs.exists(item.sha256):
@@ -83,7 +83,10 @@ def list_jobs(ctx: HubContext, owner: str) -> list[JobSummary]:
             counts[task.state.value] = counts.get(task.state.value, 0) + 1
         summaries.append(
             JobSummary(
-                id=job.id, name=job.name, state=job.state.value, created_at=job.created_at,
+                id=job.id,
+                name=job.name,
+                state=job.state.value,
+                created_at=job.created_at,
                 task_states=counts,
             )
         )
@@ -119,8 +122,9 @@ def cancel(ctx: HubContext, owner: str, job_id: str) -> JobView:
 def logs(ctx: HubContext, owner: str, job_id: str, after_seq: int) -> list[LogLine]:
     _own_job(ctx, owner, job_id)
     return [
-        LogLine(seq=r.seq, task_id=r.task_id, attempt=r.attempt, stream=r.stream, text=r.text,
-                at=r.at)
+        LogLine(
+            seq=r.seq, task_id=r.task_id, attempt=r.attempt, stream=r.stream, text=r.text, at=r.at
+        )
         for r in ctx.store.list_logs(job_id, after_seq, _MAX_LOG_LINES)
     ]
 
@@ -132,8 +136,13 @@ def results(ctx: HubContext, owner: str, job_id: str) -> Results:
         state=job.state.value,
         tasks=[
             TaskResult(
-                task_id=t.id, index=t.index, params=t.params, state=t.state.value,
-                node_id=t.node_id, exit_code=t.exit_code, outputs=t.outputs,
+                task_id=t.id,
+                index=t.index,
+                params=t.params,
+                state=t.state.value,
+                node_id=t.node_id,
+                exit_code=t.exit_code,
+                outputs=t.outputs,
             )
             for t in ctx.store.list_tasks(job_id)
         ],

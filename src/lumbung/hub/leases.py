@@ -11,11 +11,17 @@ from lumbung.errors import NotFound, StaleWrite
 from lumbung.hub.context import HubContext
 from lumbung.hub.settle import attempt_work, settle_job, work_record
 from lumbung.market.fanout import render_command
-from lumbung.market.matching import choose_task, task_price_micro_per_hour
+from lumbung.market.matching import (
+    NodeSnapshot,
+    choose_task,
+    exclusions,
+    task_price_micro_per_hour,
+)
 from lumbung.market.model import Job, Node, Task, TaskState
 from lumbung.market.states import TaskEvent, next_task_state
 from lumbung.store.protocol import Changes
 from lumbung.wire.api import Assignment, HeartbeatRequest, HeartbeatResponse, NodeRegister
+from lumbung.wire.spec import JobSpec
 
 # How many queued tasks a claim looks at; older tasks come first.
 _CLAIM_WINDOW = 256
@@ -67,8 +73,9 @@ def heartbeat(ctx: HubContext, node_id: str, beat: HeartbeatRequest) -> Heartbea
     )
 
 
-def _renew(ctx: HubContext, node_id: str, task_id: str, attempt: int, progress: float,
-           now: float) -> bool:
+def _renew(
+    ctx: HubContext, node_id: str, task_id: str, attempt: int, progress: float, now: float
+) -> bool:
     for _ in range(_CLAIM_RACES):
         try:
             task = ctx.store.get_task(task_id)
@@ -108,15 +115,29 @@ def claim(ctx: HubContext, node_id: str) -> Assignment | None:
         for task in queued:
             if task.job_id not in jobs:
                 jobs[task.job_id] = ctx.store.get_job(task.job_id)
-        pairs = [(t, jobs[t.job_id].spec) for t in queued]
-        task = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
-        if task is None:
+        pairs = [
+            (t, jobs[t.job_id].spec)
+            for t in queued
+            if not _retry_elsewhere(t, jobs[t.job_id].spec, node_id, others)
+        ]
+        chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
+        if chosen is None:
             return None
         try:
-            return _lease(ctx, node, task, jobs[task.job_id], now)
+            return _lease(ctx, node, chosen, jobs[chosen.job_id], now)
         except StaleWrite:
             continue  # someone else leased it first; look again
     return None
+
+
+def _retry_elsewhere(task: Task, spec: JobSpec, node_id: str, others: list[NodeSnapshot]) -> bool:
+    """A task that failed on this node goes to another node, if one that can run it is free now."""
+    if task.failures == 0 or task.node_id != node_id:
+        return False
+    return any(
+        o.online and not o.node.draining and o.node.free_slots > 0 and not exclusions(o, spec)
+        for o in others
+    )
 
 
 def _lease(ctx: HubContext, node: Node, task: Task, job: Job, now: float) -> Assignment:
@@ -182,4 +203,3 @@ def requeue(ctx: HubContext, task: Task, event: TaskEvent, runtime_s: float, now
     changes = Changes(tasks=[task], work=[work])
     settle_job(ctx, job, changes, now)
     ctx.store.apply(changes)
-

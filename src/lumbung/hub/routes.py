@@ -198,5 +198,3 @@ async def get_blob(sha256: str, _: Actor, ctx: Ctx) -> StreamingResponse:
 async def head_blob(sha256: str, _: Actor, ctx: Ctx) -> Response:
     size_bytes = ctx.blobs.size(_blob_name(sha256))
     return Response(headers={"content-length": str(size_bytes)})
-
-

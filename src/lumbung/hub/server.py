@@ -42,7 +42,10 @@ def serve(config: HubConfig) -> None:
     tmp.replace(port_file)
     logging.getLogger("lumbung.hub").info(
         "hub %s listening on http://%s:%d (store: %s)",
-        identity.actor_id, config.host, port, make_url(db_url).render_as_string(hide_password=True),
+        identity.actor_id,
+        config.host,
+        port,
+        make_url(db_url).render_as_string(hide_password=True),
     )
     try:
         server.run(sockets=[sock])

@@ -74,8 +74,7 @@ def settle_job(ctx: HubContext, job: Job, changes: Changes, now: float) -> None:
 
 def _failure_message(ctx: HubContext, job: Job, task: Task) -> str:
     lines = [
-        r.text.rstrip("\n")
-        for r in ctx.store.tail_logs(task.id, task.attempt, _ERROR_LOG_LINES)
+        r.text.rstrip("\n") for r in ctx.store.tail_logs(task.id, task.attempt, _ERROR_LOG_LINES)
     ]
     tail = "\n".join(lines[-_ERROR_LOG_LINES:])
     head = (

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from lumbung.hub.context import HubContext
-from lumbung.market.model import Job, Node, Task
 from lumbung.market.matching import NodeSnapshot
+from lumbung.market.model import Job, Node, Task
 from lumbung.wire.api import CheckpointView, JobView, NodeView, TaskView, WorkView
 
 
@@ -38,8 +38,14 @@ def _task_view(ctx: HubContext, task: Task) -> TaskView:
         error=task.error,
         checkpoints=[
             CheckpointView(
-                seq=c.seq, sha256=c.sha256, prev_sha256=c.prev_sha256, node_id=c.node_id,
-                attempt=c.attempt, progress=c.progress, kept_s=c.kept_s, created_at=c.created_at,
+                seq=c.seq,
+                sha256=c.sha256,
+                prev_sha256=c.prev_sha256,
+                node_id=c.node_id,
+                attempt=c.attempt,
+                progress=c.progress,
+                kept_s=c.kept_s,
+                created_at=c.created_at,
             )
             for c in ctx.store.list_checkpoints(task.id)
         ],
@@ -48,7 +54,7 @@ def _task_view(ctx: HubContext, task: Task) -> TaskView:
 
 
 def _cost_micro(seconds: float, price_micro_per_hour: int) -> int:
-    # Whole milliseconds keep the arithmetic in integers; the remainder rounds down (provider's loss).
+    # Whole milliseconds keep the arithmetic in integers; the remainder rounds down.
     return int(seconds * 1000) * price_micro_per_hour // 3_600_000
 
 

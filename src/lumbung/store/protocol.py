@@ -1,9 +1,9 @@
 """The store Protocol: everything the hub persists, and nothing about how.
 
 Two implementations: ``SqlStore`` (SQLAlchemy; SQLite by default, PostgreSQL for many hubs) and
-``MemoryStore`` (tests and simulation). Both raise ``NotFound`` for a missing object and ``Conflict``
-when an update's ``version`` no longer matches what is stored (someone else wrote first) or a unique
-key is taken. Updates bump ``version`` on the object passed in.
+``MemoryStore`` (tests and simulation). Both raise ``NotFound`` for a missing object, ``StaleWrite``
+when an update's ``version`` no longer matches what is stored (someone else wrote first), and
+``Conflict`` when a unique key is taken. Updates bump ``version`` on the object passed in.
 """
 
 from __future__ import annotations

@@ -208,7 +208,8 @@ class TaskView(Model):
 
 
 class WorkView(Model):
-    """Work a node did for a job: kept (checkpointed or completed) and lost (since its last checkpoint)."""
+    """Work a node did for a job: kept (checkpointed or completed) and lost (after the last
+    checkpoint of an attempt that did not complete)."""
 
     node_id: str
     node_name: str

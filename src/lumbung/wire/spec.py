@@ -97,7 +97,9 @@ class JobSpec(Strict):
     command: list[str] | None = Field(
         default=None, description="argv; '{param}' is replaced by the task's grid value"
     )
-    entrypoint: str | None = Field(default=None, description="'module:function', called with params")
+    entrypoint: str | None = Field(
+        default=None, description="'module:function', called with params"
+    )
     inputs: list[InputSpec] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list, description="files the task leaves behind")
     resources: Resources = Field(default_factory=Resources)
@@ -166,8 +168,10 @@ class JobSpec(Strict):
     def task_params(self) -> list[dict[str, Scalar]]:
         """The parameters of each task, in a stable order: the grid's product, ``count`` times."""
         keys = sorted(self.grid)
-        combos = [dict(zip(keys, vals, strict=True)) for vals in itertools.product(
-            *(self.grid[k] for k in keys))]
+        combos = [
+            dict(zip(keys, vals, strict=True))
+            for vals in itertools.product(*(self.grid[k] for k in keys))
+        ]
         return [dict(c) for _ in range(self.count) for c in combos]
 
 
