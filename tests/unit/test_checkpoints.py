@@ -1,0 +1,89 @@
+"""Checkpoint archives: deterministic hashes, round trips, hostile archives refused."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from lumbung.errors import Rejected
+from lumbung.node.checkpoints import pack_dir, unpack
+
+
+def _fill(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    (root / "model.bin").write_bytes(b"\x00\x01weights" * 100)
+    (root / "sub" / "state.json").write_text('{"step": 7}')
+
+
+def test_same_content_gives_same_hash_whatever_the_mtimes(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    _fill(a)
+    _fill(b)
+    os.utime(b / "model.bin", (1_000_000, 1_000_000))
+    os.utime(b / "sub", (2_000_000, 2_000_000))
+    os.chmod(b / "sub" / "state.json", 0o600)
+
+    assert pack_dir(a, tmp_path / "a.tgz") == pack_dir(b, tmp_path / "b.tgz")
+    assert (tmp_path / "a.tgz").read_bytes() == (tmp_path / "b.tgz").read_bytes()
+
+
+def test_changed_content_gives_a_new_hash(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _fill(src)
+    first = pack_dir(src, tmp_path / "1.tgz")
+    (src / "sub" / "state.json").write_text('{"step": 8}')
+    assert pack_dir(src, tmp_path / "2.tgz") != first
+
+
+def test_empty_directory_packs_to_nothing(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "only-a-dir").mkdir(parents=True)
+    assert pack_dir(tmp_path / "empty", tmp_path / "x.tgz") is None
+
+
+def test_round_trip_restores_the_files(tmp_path: Path) -> None:
+    src, dest = tmp_path / "src", tmp_path / "dest"
+    _fill(src)
+    os.symlink("/etc/passwd", src / "link")  # links are never packed
+    sha = pack_dir(src, tmp_path / "c.tgz")
+    assert sha is not None and len(sha) == 64
+
+    unpack(tmp_path / "c.tgz", dest)
+
+    assert (dest / "model.bin").read_bytes() == (src / "model.bin").read_bytes()
+    assert (dest / "sub" / "state.json").read_text() == '{"step": 7}'
+    assert not (dest / "link").exists()
+
+
+def _archive(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> None:
+    with tarfile.open(path, "w:gz") as tar:
+        member.size = len(data) if member.isreg() else 0
+        tar.addfile(member, io.BytesIO(data) if member.isreg() else None)
+
+
+@pytest.mark.parametrize("name", ["../escape.txt", "/etc/evil", "a/../../escape.txt"])
+def test_path_traversal_is_rejected(tmp_path: Path, name: str) -> None:
+    _archive(tmp_path / "bad.tgz", tarfile.TarInfo(name), b"pwned")
+    with pytest.raises(Rejected):
+        unpack(tmp_path / "bad.tgz", tmp_path / "dest")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+@pytest.mark.parametrize("kind", [tarfile.SYMTYPE, tarfile.LNKTYPE])
+def test_links_are_rejected(tmp_path: Path, kind: bytes) -> None:
+    link = tarfile.TarInfo("innocent")
+    link.type = kind
+    link.linkname = "/etc/passwd"
+    _archive(tmp_path / "bad.tgz", link)
+    with pytest.raises(Rejected):
+        unpack(tmp_path / "bad.tgz", tmp_path / "dest")
+    assert not (tmp_path / "dest" / "innocent").exists()
+
+
+def test_garbage_is_rejected(tmp_path: Path) -> None:
+    (tmp_path / "junk.tgz").write_bytes(b"not a tarball")
+    with pytest.raises(Rejected):
+        unpack(tmp_path / "junk.tgz", tmp_path / "dest")

@@ -1,0 +1,262 @@
+"""One task's lifecycle on the node, against an in-memory stand-in for the hub's session."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from typing import Any, cast
+
+from lumbung.client import NodeSession
+from lumbung.config import NodeConfig
+from lumbung.errors import Conflict, NotFound
+from lumbung.node.checkpoints import pack_dir
+from lumbung.node.logs import TRUNCATION_LINE
+from lumbung.node.sandbox import ProcessRunner, probe_isolation
+from lumbung.node.task_run import TaskRun
+from lumbung.wire.api import (
+    Assignment,
+    CheckpointReport,
+    LogChunk,
+    TaskComplete,
+    TaskRelease,
+)
+
+RUNNER = ProcessRunner(probe_isolation())
+
+
+class FakeSession:
+    """Records what the node reports; blobs live in a dict."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, bytes] = {}
+        self.logs: list[LogChunk] = []
+        self.checkpoints: list[CheckpointReport] = []
+        self.completed: list[TaskComplete] = []
+        self.released: list[TaskRelease] = []
+        self.refuse_checkpoints = False
+        self.checkpoint_seen = threading.Event()
+
+    def put(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        self.blobs[sha] = data
+        return sha
+
+    def upload_file(self, path: Path) -> str:
+        return self.put(path.read_bytes())
+
+    def download(self, sha256: str, dest: Path) -> None:
+        if sha256 not in self.blobs:
+            raise NotFound(f"no blob {sha256}")
+        dest.write_bytes(self.blobs[sha256])
+
+    def send_logs(self, task_id: str, chunk: LogChunk) -> None:
+        self.logs.append(chunk)
+
+    def report_checkpoint(self, task_id: str, report: CheckpointReport) -> None:
+        if self.refuse_checkpoints:
+            raise Conflict("task is not leased to this node")
+        self.checkpoints.append(report)
+        self.checkpoint_seen.set()
+
+    def complete(self, task_id: str, result: TaskComplete) -> None:
+        self.completed.append(result)
+
+    def release(self, task_id: str, release: TaskRelease) -> None:
+        self.released.append(release)
+
+    def text(self, stream: str) -> str:
+        return "".join(c.text for c in self.logs if c.stream == stream)
+
+
+def _assignment(**overrides: Any) -> Assignment:
+    fields: dict[str, Any] = {
+        "task_id": "task_aaaaaaaaaaaaaaaa",
+        "job_id": "job_aaaaaaaaaaaaaaaa",
+        "attempt": 1,
+        "index": 0,
+        "params": {},
+        "command": None,
+        "entrypoint": None,
+        "inputs": {},
+        "outputs": [],
+        "resources": {"cpus": 1, "memory_gb": 1.0, "disk_gb": 1.0, "gpus": 0},
+        "max_runtime_s": 60,
+        "checkpoint_interval_s": 0,
+        "network": False,
+        "env": {},
+        "resume_from": None,
+        "lease_expires_at": 0.0,
+    }
+    fields.update(overrides)
+    return Assignment(**fields)
+
+
+def _start(tmp_path: Path, session: FakeSession, assignment: Assignment, **config: Any) -> TaskRun:
+    run = TaskRun(
+        assignment,
+        config=NodeConfig(data_dir=tmp_path, **config),
+        session=cast(NodeSession, session),
+        runner=RUNNER,
+    )
+    run.start()
+    return run
+
+
+def _run(tmp_path: Path, session: FakeSession, assignment: Assignment, **config: Any) -> TaskRun:
+    run = _start(tmp_path, session, assignment, **config)
+    assert run.join(60)
+    return run
+
+
+def test_command_task_reports_its_output_and_logs(tmp_path: Path) -> None:
+    session = FakeSession()
+    script = "echo hello; echo oops >&2; echo $LUMBUNG_PARAM_LR > out/result.txt"
+    a = _assignment(
+        command=["sh", "-c", "mkdir out; " + script], params={"lr": 0.5}, outputs=["out/result.txt"]
+    )
+    run = _run(tmp_path, session, a)
+
+    [done] = session.completed
+    assert (done.exit_code, done.error) == (0, None)
+    assert session.blobs[done.outputs["out/result.txt"]] == b"0.5\n"
+    assert session.text("stdout") == "hello\n"
+    assert session.text("stderr") == "oops\n"
+    assert not run.workdir.exists()
+
+
+def test_entrypoint_is_called_with_params_from_an_input_module(tmp_path: Path) -> None:
+    session = FakeSession()
+    module = b"def main(n, name):\n    open('out.txt', 'w').write(name * n)\n"
+    a = _assignment(
+        entrypoint="job:main",
+        params={"n": 3, "name": "ab"},
+        inputs={"job.py": session.put(module)},
+        outputs=["out.txt"],
+    )
+    _run(tmp_path, session, a)
+    [done] = session.completed
+    assert done.error is None
+    assert session.blobs[done.outputs["out.txt"]] == b"ababab"
+
+
+def test_failing_entrypoint_exits_1_with_its_traceback(tmp_path: Path) -> None:
+    session = FakeSession()
+    module = b"def main():\n    raise ValueError('bad input')\n"
+    a = _assignment(entrypoint="job:main", inputs={"job.py": session.put(module)})
+    _run(tmp_path, session, a)
+    [done] = session.completed
+    assert (done.exit_code, done.error) == (1, "exit code 1")
+    assert "ValueError: bad input" in session.text("stderr")
+
+
+def test_missing_output_fails_the_task(tmp_path: Path) -> None:
+    session = FakeSession()
+    _run(tmp_path, session, _assignment(command=["true"], outputs=["model.pt"]))
+    [done] = session.completed
+    assert done.error == "missing output model.pt"
+
+
+def test_output_symlink_to_a_node_file_is_not_uploaded(tmp_path: Path) -> None:
+    session = FakeSession()
+    secret = tmp_path / "secret"
+    secret.write_text("node key")
+    a = _assignment(command=["ln", "-s", str(secret), "out.txt"], outputs=["out.txt"])
+    _run(tmp_path, session, a)
+    [done] = session.completed
+    assert done.outputs == {}
+    assert b"node key" not in session.blobs.values()
+
+
+def test_inputs_are_read_only_for_the_task(tmp_path: Path) -> None:
+    session = FakeSession()
+    show = 'cd "$LUMBUNG_INPUTS_DIR"; cat d/x; stat -c %a d/x d'
+    a = _assignment(command=["sh", "-c", show], inputs={"d/x": session.put(b"data\n")})
+    run = _run(tmp_path, session, a)
+    assert session.text("stdout") == "data\n444\n555\n"
+    assert session.completed[0].exit_code == 0
+    assert not run.workdir.exists()  # removed although read-only
+
+
+def test_time_limit_kills_the_task(tmp_path: Path) -> None:
+    session = FakeSession()
+    _run(tmp_path, session, _assignment(command=["sleep", "100"], max_runtime_s=1))
+    [done] = session.completed
+    assert done.error == "time limit of 1 s exceeded"
+    assert done.runtime_s < 10
+
+
+def test_changed_checkpoint_is_uploaded_and_drain_releases_the_task(tmp_path: Path) -> None:
+    session = FakeSession()
+    script = (
+        'echo 0.25 > "$LUMBUNG_PROGRESS_FILE"; echo s1 > "$LUMBUNG_CHECKPOINT_DIR/s"; sleep 100'
+    )
+    a = _assignment(command=["sh", "-c", script], checkpoint_interval_s=1)
+    run = _start(tmp_path, session, a)
+    assert session.checkpoint_seen.wait(15)
+    assert run.progress() == 0.25
+
+    run.stop_for_drain(grace_s=1)
+
+    [report] = session.checkpoints  # unchanged at drain, so not sent again
+    assert report.prev_sha256 is None
+    assert report.progress == 0.25
+    assert session.blobs[report.sha256][:2] == b"\x1f\x8b"
+    assert [r.reason for r in session.released] == ["node draining"]
+    assert session.completed == []
+
+
+def test_resumed_task_finds_its_checkpoint_and_chains_from_it(tmp_path: Path) -> None:
+    session = FakeSession()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "step").write_text("41")
+    resume = pack_dir(old, tmp_path / "old.tgz")
+    assert resume is not None
+    session.put((tmp_path / "old.tgz").read_bytes())
+    script = (
+        'cat "$LUMBUNG_CHECKPOINT_DIR/step"; echo 42 > "$LUMBUNG_CHECKPOINT_DIR/step"; sleep 100'
+    )
+    a = _assignment(command=["sh", "-c", script], resume_from=resume, checkpoint_interval_s=1)
+    run = _start(tmp_path / "node", session, a)
+    assert session.checkpoint_seen.wait(15)
+    run.cancel()
+    assert run.join(30)
+    assert session.text("stdout") == "41"
+    assert session.checkpoints[0].prev_sha256 == resume
+
+
+def test_cancelled_task_is_killed_and_not_reported(tmp_path: Path) -> None:
+    session = FakeSession()
+    run = _start(tmp_path, session, _assignment(command=["sleep", "100"]))
+    run.cancel()
+    assert run.join(30)
+    assert (session.completed, session.released) == ([], [])
+
+
+def test_refused_checkpoint_means_the_lease_is_gone(tmp_path: Path) -> None:
+    session = FakeSession()
+    session.refuse_checkpoints = True
+    script = 'echo x > "$LUMBUNG_CHECKPOINT_DIR/s"; sleep 100'
+    run = _start(
+        tmp_path, session, _assignment(command=["sh", "-c", script], checkpoint_interval_s=1)
+    )
+    assert run.join(30)
+    assert (session.completed, session.released) == ([], [])
+
+
+def test_log_output_past_the_budget_is_truncated(tmp_path: Path) -> None:
+    session = FakeSession()
+    a = _assignment(command=["python", "-c", "print('x' * 100_000)"])
+    _run(tmp_path, session, a, max_log_bytes=1000)
+    out = session.text("stdout")
+    assert out.endswith(TRUNCATION_LINE)
+    assert out.count("x") == 1000
+    assert session.completed[0].error is None
+
+
+def test_missing_input_fails_before_the_task_starts(tmp_path: Path) -> None:
+    session = FakeSession()
+    _run(tmp_path, session, _assignment(command=["true"], inputs={"x": "0" * 64}))
+    [done] = session.completed
+    assert done.error is not None and "could not prepare" in done.error
