@@ -1,0 +1,202 @@
+"""End-to-end harness: a real hub process and real node processes on 127.0.0.1.
+
+Each test gets its own temporary directory; every process is started in its own process group and
+killed at teardown, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lumbung.client import Client
+from lumbung.crypto.keys import Identity
+from lumbung.wire.api import JobView
+
+WORKLOADS = Path(__file__).parent / "workloads"
+LEASE_TIMEOUT_S = 3.0
+
+
+def _wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.1):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+
+
+class Proc:
+    def __init__(self, argv: list[str], log: Path) -> None:
+        self.argv = argv
+        self.log = log
+        self.popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log.open("ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        out.close()
+
+    def signal(self, sig: int) -> None:
+        assert self.popen is not None
+        if self.popen.poll() is None:
+            os.killpg(self.popen.pid, sig)
+
+    def kill(self) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(10)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+class Cluster:
+    """A hub and its nodes as real processes; a client signed with its own key."""
+
+    def __init__(self, root: Path, db_url: str) -> None:
+        self.root = root
+        self.db_url = db_url
+        self.port = 0
+        self.procs: list[Proc] = []
+        self.hub: Proc | None = None
+        self.nodes: dict[str, Proc] = {}
+        self._client: Client | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start_hub(self) -> None:
+        data = self.root / "hub"
+        port_file = data / "port"
+        port_file.unlink(missing_ok=True)
+        argv = [
+            sys.executable,
+            "-m",
+            "lumbung",
+            "hub",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--port",
+            str(self.port),
+            "--lease-timeout-s",
+            str(LEASE_TIMEOUT_S),
+        ]
+        if self.db_url:
+            argv += ["--db", self.db_url]
+        self.hub = Proc(argv, self.root / "hub.log")
+        self.hub.start()
+        self.procs.append(self.hub)
+        text = _wait_for(lambda: port_file.exists() and port_file.read_text(), 60, "hub port")
+        self.port = int(text)
+
+    def start_node(self, name: str, price_cpu: int = 10_000, slots: int = 1) -> Proc:
+        argv = [
+            sys.executable,
+            "-m",
+            "lumbung",
+            "node",
+            "start",
+            "--hub",
+            self.url,
+            "--data-dir",
+            str(self.root / name),
+            "--name",
+            name,
+            "--price-cpu-hour",
+            str(price_cpu),
+            "--heartbeat-s",
+            "0.5",
+            "--slots",
+            str(slots),
+            "--grace-s",
+            "5",
+        ]
+        node = Proc(argv, self.root / f"{name}.log")
+        node.start()
+        self.procs.append(node)
+        self.nodes[name] = node
+        return node
+
+    def wait_nodes_online(self, count: int) -> None:
+        _wait_for(lambda: sum(n.online for n in self.client.nodes()) >= count, 60, f"{count} nodes")
+
+    @property
+    def client(self) -> Client:
+        if self._client is None:
+            self._client = Client(self.url, Identity.load_or_create(self.root / "client"))
+        return self._client
+
+    def wait_job(self, job_id: str, timeout_s: float = 120) -> JobView:
+        return self.client.wait(job_id, timeout_s=timeout_s, poll_s=0.2)
+
+    def logs(self) -> str:
+        return "\n".join(
+            f"--- {p.log.name}\n{p.log.read_text(errors='replace')[-3000:]}"
+            for p in self.procs
+            if p.log.exists()
+        )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+        for proc in self.procs:
+            proc.kill()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    if request.param == "sqlite":
+        return ""  # the hub's default: SQLite in its data directory
+    return str(request.getfixturevalue("postgres_url"))
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, db_url: str, request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    c = Cluster(tmp_path, db_url)
+    try:
+        c.start_hub()
+        yield c
+    finally:
+        failed = getattr(request.node, "rep_call", None)
+        if failed is not None and failed.failed:
+            print(c.logs())
+        c.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):  # type: ignore[no-untyped-def]
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, "rep_" + report.when, report)
+
+
+def counter_spec(name: str = "count", **params: object) -> dict[str, object]:
+    grid = {"steps": [params.pop("steps", 10)]}
+    grid.update({k: [v] for k, v in params.items()})
+    return {
+        "name": name,
+        "command": ["python", "inputs/counter.py"],
+        "inputs": [{"name": "counter.py", "path": str(WORKLOADS / "counter.py")}],
+        "outputs": ["result.json"],
+        "grid": grid,
+        "checkpoint_interval_s": 1,
+        "retries": 1,
+        "max_price_micro_per_hour": 100_000,
+        "max_runtime_s": 120,
+    }
+
+
+wait_for = _wait_for

@@ -1,0 +1,158 @@
+"""Real hub and node processes on loopback, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import Cluster, counter_spec, wait_for
+from lumbung.client import Client
+from lumbung.client.auth import SignedAuth
+from lumbung.crypto.keys import Identity
+from lumbung.errors import Forbidden
+from lumbung.wire.spec import validate_spec
+
+pytestmark = pytest.mark.e2e
+
+
+def _submit(cluster: Cluster, **params: object) -> str:
+    return cluster.client.submit(validate_spec(counter_spec(**params))).job.id
+
+
+def _running_task(cluster: Cluster, job_id: str, min_checkpoints: int = 1):  # type: ignore[no-untyped-def]
+    def ready():  # type: ignore[no-untyped-def]
+        task = cluster.client.get(job_id).tasks[0]
+        enough = len(task.checkpoints) >= min_checkpoints
+        return task if task.state == "running" and enough else None
+
+    return wait_for(ready, 60, "a running task with a checkpoint")
+
+
+def _result(cluster: Cluster, job_id: str, tmp_path: Path) -> dict[str, int]:
+    sha = cluster.client.results(job_id).tasks[0].outputs["result.json"]
+    dest = tmp_path / f"{job_id}.json"
+    cluster.client.download(sha, dest)
+    return json.loads(dest.read_text())
+
+
+def test_a_job_completes_on_a_real_node(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_node("n1")
+    cluster.wait_nodes_online(1)
+    job_id = _submit(cluster, steps=3, step_s=0.05)
+    job = cluster.wait_job(job_id)
+    assert job.state == "succeeded", cluster.logs()
+    assert _result(cluster, job_id, tmp_path) == {"started_at_step": 0, "steps": 3}
+    assert any("step 3" in line.text for line in cluster.client.logs(job_id))
+
+
+def test_kill_9_of_a_node_mid_task_resumes_from_its_checkpoint_elsewhere(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.start_node("cheap", price_cpu=1_000)
+    cluster.wait_nodes_online(1)
+    job_id = _submit(cluster, steps=30, step_s=0.2)
+    task = _running_task(cluster, job_id, min_checkpoints=2)
+    cluster.start_node("dear", price_cpu=5_000)
+    cluster.nodes["cheap"].kill()  # SIGKILL to its whole process group, task included
+    job = cluster.wait_job(job_id)
+    assert job.state == "succeeded", cluster.logs()
+    done = job.tasks[0]
+    assert done.attempt == 2 and done.node_id != task.node_id
+    result = _result(cluster, job_id, tmp_path)
+    assert result["started_at_step"] > 0  # resumed from a checkpoint, not from scratch
+    work = {w.node_name: w for w in job.work}
+    assert work["cheap"].kept_s > 0 and work["dear"].kept_s > 0
+
+
+def test_hub_killed_and_restarted_mid_job_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
+    cluster.start_node("n1")
+    cluster.wait_nodes_online(1)
+    job_id = _submit(cluster, steps=20, step_s=0.2)
+    _running_task(cluster, job_id)
+    assert cluster.hub is not None
+    cluster.hub.kill()
+    cluster.start_hub()  # same port and data directory
+    job = cluster.wait_job(job_id)
+    assert job.state == "succeeded", cluster.logs()
+    assert job.tasks[0].attempt == 1  # the node carried on through the hub's absence
+    assert _result(cluster, job_id, tmp_path)["steps"] == 20
+
+
+def test_forged_replayed_and_misaddressed_requests_change_nothing(cluster: Cluster) -> None:
+    cluster.start_node("n1")
+    cluster.wait_nodes_online(1)
+    job_id = _submit(cluster, steps=50, step_s=0.2)
+    _running_task(cluster, job_id)
+    with httpx.Client(base_url=cluster.url) as http:
+        request = http.build_request("POST", f"/v1/jobs/{job_id}/cancel")
+        forged = http.build_request("POST", f"/v1/jobs/{job_id}/cancel")
+        stranger = Identity.generate()
+        signed = next(SignedAuth(stranger).auth_flow(request))
+        assert http.send(signed).status_code == 403  # a stranger may not cancel another's job
+        own = Identity.load_or_create(cluster.root / "client")
+        good = next(SignedAuth(own).auth_flow(http.build_request("GET", f"/v1/jobs/{job_id}")))
+        assert http.send(good).status_code == 200
+        assert http.send(good).status_code == 401  # the same signed request again: a replay
+        forged.headers.update({k: v for k, v in signed.headers.items() if k.startswith("sig")})
+        forged.headers["signature"] = signed.headers["signature"].replace("A", "B", 1)
+        assert http.send(forged).status_code == 401
+    with Client(cluster.url, Identity.generate()) as intruder, pytest.raises(Forbidden):
+        intruder.cancel(job_id)
+    assert cluster.client.get(job_id).state == "running"
+
+
+def test_cancel_kills_the_tasks_whole_process_group(cluster: Cluster) -> None:
+    cluster.start_node("n1")
+    cluster.wait_nodes_online(1)
+    job_id = _submit(cluster, steps=100, step_s=0.2, child=1)
+    _running_task(cluster, job_id)
+    line = wait_for(
+        lambda: next((x.text for x in cluster.client.logs(job_id) if "child pid" in x.text), None),
+        30,
+        "the child's pid",
+    )
+    child_pid = int(re.search(r"child pid (\d+)", line).group(1))  # type: ignore[union-attr]
+    cluster.client.cancel(job_id)
+
+    def gone() -> bool:
+        try:
+            os.kill(child_pid, 0)
+        except ProcessLookupError:
+            return True
+        return Path(f"/proc/{child_pid}/stat").read_text().split()[2] == "Z"
+
+    wait_for(gone, 10, "the task's grandchild to die")
+    assert cluster.client.get(job_id).state == "cancelled"
+
+
+def test_sigterm_drains_a_node_and_its_task_resumes_elsewhere(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    first = cluster.start_node("first", price_cpu=1_000)
+    cluster.wait_nodes_online(1)
+    job_id = _submit(cluster, steps=60, step_s=0.2)
+    _running_task(cluster, job_id, min_checkpoints=2)
+    cluster.start_node("second", price_cpu=5_000)
+    first.signal(signal.SIGTERM)  # grace 5 s < remaining work: checkpoint, release, leave
+    assert first.popen is not None
+    first.popen.wait(30)
+    assert first.popen.returncode == 0
+    job = cluster.wait_job(job_id)
+    assert job.state == "succeeded", cluster.logs()
+    assert _result(cluster, job_id, tmp_path)["started_at_step"] > 0
+
+
+def test_a_failing_task_is_retried_then_fails_the_job_with_its_logs(cluster: Cluster) -> None:
+    cluster.start_node("n1")
+    cluster.wait_nodes_online(1)
+    job_id = _submit(cluster, steps=1, step_s=0.01, fail=1)
+    job = cluster.wait_job(job_id)
+    assert job.state == "failed"
+    assert job.tasks[0].attempt == 2  # retries: 1
+    assert job.error is not None and "failing on purpose" in job.error
