@@ -300,6 +300,12 @@ def test_queued_tasks_come_oldest_first_up_to_the_limit(store: Store) -> None:
     assert [t.index for t in store.queued_tasks(limit=10)] == [1, 2, 0]
 
 
+def test_tasks_queued_together_come_in_index_order(store: Store) -> None:
+    job = make_job()
+    store.create_job(job, [make_task(job, i, queued_at=T0) for i in range(8)])
+    assert [t.index for t in store.queued_tasks(limit=10)] == list(range(8))
+
+
 def test_running_tasks_can_be_filtered_by_node(store: Store) -> None:
     job = make_job()
     mine, theirs, idle = (make_task(job, i) for i in range(3))

@@ -95,6 +95,11 @@ def _renew(
     return True  # lost every race to other writers of this task, which still holds its lease
 
 
+def is_draining(ctx: HubContext, node_id: str) -> bool:
+    """A draining node takes no more work; its waiting claim is answered at once."""
+    return ctx.store.get_node(node_id).draining
+
+
 def claim(ctx: HubContext, node_id: str) -> Assignment | None:
     """Lease the best task this node may run now, or None."""
     now = ctx.clock()

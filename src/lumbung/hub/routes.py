@@ -82,7 +82,7 @@ async def claim(body: ClaimRequest, request: Request, actor: Actor, ctx: Ctx) ->
             return ClaimResponse(assignment=None)  # never lease to a node that has hung up
         assignment = leases.claim(ctx, actor)
         remaining = deadline - time.monotonic()
-        if assignment is not None or remaining <= 0:
+        if assignment is not None or remaining <= 0 or leases.is_draining(ctx, actor):
             return ClaimResponse(assignment=assignment)
         await ctx.work.wait(min(remaining, _CLAIM_POLL_S))
 

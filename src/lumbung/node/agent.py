@@ -63,6 +63,7 @@ class NodeAgent:
         stop.wait()
         self._draining = True
         log.info("stopping: no new tasks; running ones have %.0f s to end", self._config.grace_s)
+        self._heartbeat()  # tells the hub at once, which answers our waiting claim with nothing
         self._drain()
         # A claim in flight may still bring a task; the claim loop releases it at once.
         claims.join(self._config.claim_wait_s + 15.0)

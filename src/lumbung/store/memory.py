@@ -137,7 +137,7 @@ class MemoryStore:
 
     def queued_tasks(self, limit: int) -> list[Task]:
         queued = self._select_tasks(
-            lambda x: x.state == TaskState.QUEUED, key=lambda x: (x.queued_at, x.id)
+            lambda x: x.state == TaskState.QUEUED, key=lambda x: (x.queued_at, x.job_id, x.index)
         )
         return queued[:limit]
 

@@ -69,7 +69,7 @@ class Store(Protocol):
         """The job's tasks by index."""
 
     def queued_tasks(self, limit: int) -> list[Task]:
-        """Queued tasks, oldest ``queued_at`` first."""
+        """Queued tasks, oldest ``queued_at`` first, then by job and index."""
 
     def running_tasks(self, node_id: str | None = None) -> list[Task]:
         """Tasks holding a lease, all or one node's."""

@@ -172,7 +172,7 @@ class SqlStore:
         stmt = (
             select(tasks)
             .where(tasks.c.state == TaskState.QUEUED.value)
-            .order_by(tasks.c.queued_at, tasks.c.id)
+            .order_by(tasks.c.queued_at, tasks.c.job_id, tasks.c.index)
             .limit(limit)
         )
         return [t.task_from_row(r) for r in self._rows(stmt)]
