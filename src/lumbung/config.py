@@ -81,8 +81,8 @@ class NodeConfig:
 class ClientConfig:
     # Base URL of the hub.
     hub_url: str = "http://127.0.0.1:8600"
-    # Where the client keeps its key.
-    data_dir: Path = Path.home() / ".lumbung" / "client"
+    # Where the client keeps its key ("~" is the user's home, expanded when the key is used).
+    data_dir: Path = Path("~/.lumbung/client")
     # Seconds before an HTTP request gives up.
     timeout_s: float = 30.0
 

@@ -42,7 +42,8 @@ class Client:
     def connect(cls, hub_url: str, config: ClientConfig | None = None) -> Client:
         """A client whose key lives in the config's data directory (created on first use)."""
         config = config or ClientConfig(hub_url=hub_url)
-        return cls(hub_url, Identity.load_or_create(config.data_dir), timeout_s=config.timeout_s)
+        identity = Identity.load_or_create(config.data_dir.expanduser())
+        return cls(hub_url, identity, timeout_s=config.timeout_s)
 
     @property
     def actor_id(self) -> str:

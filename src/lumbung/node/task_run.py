@@ -63,7 +63,8 @@ class TaskRun:
         self._config = config
         self._session = session
         self._runner = runner
-        tasks_dir = config.data_dir / "tasks"
+        # Absolute: the task runs in its workdir, and the paths it is given must still resolve.
+        tasks_dir = config.data_dir.resolve() / "tasks"
         self.workdir = tasks_dir / f"{assignment.task_id}-{assignment.attempt}"
         # Packed outside the workdir, so packing never reads its own output.
         self._archive = tasks_dir / f"{assignment.task_id}-{assignment.attempt}.checkpoint.tar.gz"
