@@ -45,13 +45,16 @@ def free_port() -> int:
 @pytest.fixture
 def workdir(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
+    port = free_port()
     env = {
         **os.environ,
         "HOME": str(tmp_path),  # the client's key goes to ~/.lumbung/client
         "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "COLUMNS": "120",
+        # The README's client commands use the default hub URL; only its port differs here.
+        "LUMBUNG_CLIENT_HUB_URL": f"http://127.0.0.1:{port}",
     }
-    yield tmp_path, env, free_port()
+    yield tmp_path, env, port
 
 
 def _wait_ready(line: str, port: int, cwd: Path, env: dict[str, str]) -> None:
@@ -80,8 +83,6 @@ def test_readme_by_hand_commands_run_as_written(workdir: tuple[Path, dict[str, s
     try:
         for line in readme_block("by-hand").strip().splitlines():
             line = line.replace("8600", str(port))
-            if "--hub" not in line and line.startswith("lumbung job") or line == "lumbung nodes":
-                line += f" --hub http://127.0.0.1:{port}"
             if line.endswith("&"):
                 with (cwd / f"bg{len(background)}.log").open("wb") as log:
                     background.append(
