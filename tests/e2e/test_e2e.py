@@ -6,12 +6,13 @@ import json
 import os
 import re
 import signal
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
-from conftest import Cluster, counter_spec, wait_for
+from conftest import LEASE_TIMEOUT_S, Cluster, counter_spec, wait_for
 from lumbung.client import Client
 from lumbung.client.auth import SignedAuth
 from lumbung.crypto.keys import Identity
@@ -77,6 +78,7 @@ def test_hub_killed_and_restarted_mid_job_loses_nothing(cluster: Cluster, tmp_pa
     _running_task(cluster, job_id)
     assert cluster.hub is not None
     cluster.hub.kill()
+    time.sleep(LEASE_TIMEOUT_S + 1)  # down longer than a lease: no node could renew meanwhile
     cluster.start_hub()  # same port and data directory
     job = cluster.wait_job(job_id)
     assert job.state == "succeeded", cluster.logs()

@@ -17,7 +17,7 @@ from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.hub.app import create_app
 from lumbung.hub.context import HubContext
-from lumbung.hub.leases import expire_leases
+from lumbung.hub.leases import expire_leases, grace_after_restart
 from lumbung.store.blobs import MemoryBlobStore
 from lumbung.store.protocol import Store
 
@@ -393,3 +393,16 @@ def test_a_failed_task_is_retried_on_another_node_when_one_is_free(hub: Hub) -> 
     hub.clock.advance(5.0)  # past the grace given to the cheaper node
     retry = claim(dear)
     assert retry is not None and retry["attempt"] == 2
+
+
+def test_a_restarted_hub_gives_running_leases_time_to_be_renewed(hub: Hub) -> None:
+    node = hub.node("n1")
+    consumer = hub.actor()
+    consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)
+    task = claim(node)
+    assert task is not None
+    hub.clock.advance(LEASE_S * 5)  # the hub was down; nobody could renew
+    assert grace_after_restart(hub.ctx) == 1
+    assert expire_leases(hub.ctx) == 0
+    beat = {"tasks": [{"task_id": task["task_id"], "attempt": 1, "progress": 0.5}]}
+    assert node.call("POST", "/v1/nodes/heartbeat", beat)["renewed"] == [task["task_id"]]

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 
 from lumbung.hub.context import HubContext
 from lumbung.hub.errors import install_error_handlers
-from lumbung.hub.leases import expire_leases
+from lumbung.hub.leases import expire_leases, grace_after_restart
 from lumbung.hub.routes import router
 
 log = logging.getLogger("lumbung.hub")
@@ -38,6 +38,9 @@ async def _reap(ctx: HubContext) -> None:
 def create_app(ctx: HubContext, *, reaper: bool = True) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        extended = grace_after_restart(ctx)
+        if extended:
+            log.info("gave %d running lease(s) one lease period to be renewed", extended)
         task = asyncio.create_task(_reap(ctx)) if reaper else None
         try:
             yield

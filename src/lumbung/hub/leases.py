@@ -180,6 +180,25 @@ def _lease(ctx: HubContext, node: Node, task: Task, job: Job, now: float) -> Ass
     )
 
 
+def grace_after_restart(ctx: HubContext) -> int:
+    """Give every running lease one more lease period, from now; returns how many were extended.
+
+    While no hub was up, nodes could not renew their leases; without this, a hub down for longer
+    than the lease timeout would requeue every task at start-up, though the nodes carry on.
+    """
+    now = ctx.clock()
+    extended = 0
+    for task in ctx.store.running_tasks():
+        if (task.lease_expires_at or now) < now + ctx.config.lease_timeout_s:
+            task.lease_expires_at = now + ctx.config.lease_timeout_s
+            try:
+                ctx.store.apply(Changes(tasks=[task]))
+                extended += 1
+            except StaleWrite:
+                continue  # renewed by a node through another hub meanwhile
+    return extended
+
+
 def expire_leases(ctx: HubContext) -> int:
     """Return tasks whose lease ran out to the queue; returns how many."""
     now = ctx.clock()
