@@ -360,9 +360,9 @@ def test_heartbeats_update_the_node_and_count_distinct_minutes(store: Store) -> 
         store.record_heartbeat(NODE, float(at), free_slots=1, draining=True)
     node = store.get_node(NODE)
     assert (node.last_heartbeat_at, node.free_slots, node.draining) == (minute + 200, 1, True)
-    assert store.heartbeat_minutes(NODE, since=0.0) == 3
-    assert store.heartbeat_minutes(NODE, since=minute + 60.0) == 2
-    assert store.heartbeat_minutes("ak_silent", since=0.0) == 0
+    assert store.heartbeat_minutes(since=0.0, node_id=NODE) == {NODE: 3}
+    assert store.heartbeat_minutes(since=minute + 60.0) == {NODE: 2}
+    assert store.heartbeat_minutes(since=0.0, node_id="ak_silent") == {}
 
 
 # --- logs ---------------------------------------------------------------------------------------
@@ -421,3 +421,37 @@ def test_hubs_starting_at_once_migrate_exactly_once(sql_url: str) -> None:
     finally:
         for opened in stores:
             opened.close()
+
+
+def test_task_state_counts_can_leave_some_tasks_out(store: Store) -> None:
+    job = make_job()
+    tasks = [make_task(job, i) for i in range(4)]
+    tasks[0].state = TaskState.SUCCEEDED
+    store.create_job(job, [tasks[0], lease(tasks[1]), tasks[2], tasks[3]])
+    assert store.task_state_counts(job.id) == {
+        TaskState.SUCCEEDED: 1,
+        TaskState.RUNNING: 1,
+        TaskState.QUEUED: 2,
+    }
+    assert store.task_state_counts(job.id, excluding=[tasks[2].id, tasks[1].id]) == {
+        TaskState.SUCCEEDED: 1,
+        TaskState.QUEUED: 1,
+    }
+    assert store.task_state_counts("job_nonexistent0000") == {}
+
+
+def test_queued_tasks_read_a_page_at_an_offset(store: Store) -> None:
+    job = make_job()
+    store.create_job(job, [make_task(job, i, queued_at=T0) for i in range(5)])
+    assert [t.index for t in store.queued_tasks(limit=2, offset=2)] == [2, 3]
+    assert [t.index for t in store.queued_tasks(limit=2, offset=4)] == [4]
+
+
+def test_work_record_of_one_attempt_is_read_directly(store: Store) -> None:
+    job = make_job()
+    task = make_task(job)
+    store.create_job(job, [task])
+    store.apply(Changes(work=[Work(job.id, task.id, 1, NODE, 400_000, kept_s=3.0)]))
+    assert store.get_work(task.id, 1).kept_s == 3.0
+    with pytest.raises(NotFound, match="attempt 2"):
+        store.get_work(task.id, 2)

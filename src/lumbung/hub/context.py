@@ -10,13 +10,17 @@ from dataclasses import dataclass, field
 
 from lumbung.config import HubConfig
 from lumbung.market.matching import NodeSnapshot
+from lumbung.market.model import Node
 from lumbung.market.reliability import reliability
 from lumbung.store.blobs import BlobStore
 from lumbung.store.protocol import Store
+from lumbung.wire.spec import JobSpec
 
 # Node snapshots (online, reliability) are reused this long; computing reliability reads the store.
 _SNAPSHOT_TTL_S = 1.0
 _DAY_S = 86400.0
+# Job specs kept parsed; the cache starts over when full (specs are cheap to re-read).
+_SPEC_CACHE_SIZE = 10_000
 
 
 class WorkSignal:
@@ -53,24 +57,40 @@ class HubContext:
     known_actors: set[str] = field(default_factory=set)
     _snapshots: list[NodeSnapshot] = field(default_factory=list)
     _snapshots_at: float = float("-inf")
+    _specs: dict[str, JobSpec] = field(default_factory=dict)
 
     def snapshots(self, *, fresh: bool = False) -> list[NodeSnapshot]:
         """Every registered node with whether it is online and its measured reliability."""
         now = self.clock()
         if fresh or now - self._snapshots_at > _SNAPSHOT_TTL_S:
+            heard = self.store.heartbeat_minutes(now - _DAY_S)
             self._snapshots = [
-                NodeSnapshot(
-                    node=node,
-                    online=node.last_heartbeat_at is not None
-                    and now - node.last_heartbeat_at <= self.config.node_online_s,
-                    reliability=reliability(
-                        self.store.heartbeat_minutes(node.id, now - _DAY_S), node.registered_at, now
-                    ),
-                )
-                for node in self.store.list_nodes()
+                self.snapshot(node, heard.get(node.id, 0)) for node in self.store.list_nodes()
             ]
             self._snapshots_at = now
         return self._snapshots
 
-    def forget_snapshots(self) -> None:
-        self._snapshots_at = float("-inf")
+    def snapshot(self, node: Node, heard_minutes: int) -> NodeSnapshot:
+        now = self.clock()
+        online = node.last_heartbeat_at is not None and (
+            now - node.last_heartbeat_at <= self.config.node_online_s
+        )
+        return NodeSnapshot(
+            node=node,
+            online=online,
+            reliability=reliability(heard_minutes, node.registered_at, now),
+        )
+
+    def node_snapshot(self, node_id: str) -> NodeSnapshot:
+        """One node's snapshot, read now (not from the cache)."""
+        heard = self.store.heartbeat_minutes(self.clock() - _DAY_S, node_id=node_id)
+        return self.snapshot(self.store.get_node(node_id), heard.get(node_id, 0))
+
+    def spec_of(self, job_id: str) -> JobSpec:
+        """A job's spec; specs never change, so they are parsed once and kept."""
+        spec = self._specs.get(job_id)
+        if spec is None:
+            if len(self._specs) >= _SPEC_CACHE_SIZE:
+                self._specs.clear()
+            spec = self._specs[job_id] = self.store.get_job(job_id).spec
+        return spec

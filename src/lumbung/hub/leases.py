@@ -7,6 +7,8 @@ checkpoint, and the time since that checkpoint is booked as lost work.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from lumbung.errors import NotFound, StaleWrite
 from lumbung.hub.context import HubContext
 from lumbung.hub.settle import attempt_work, settle_job, work_record
@@ -23,8 +25,10 @@ from lumbung.store.protocol import Changes
 from lumbung.wire.api import Assignment, HeartbeatRequest, HeartbeatResponse, NodeRegister
 from lumbung.wire.spec import JobSpec
 
-# How many queued tasks a claim looks at; older tasks come first.
+# How many queued tasks a claim looks at, oldest first, and how many it reads at a time: most
+# claims take one of the first few, so reading the whole window each time would be waste.
 _CLAIM_WINDOW = 256
+_CLAIM_PAGE = 16
 # Attempts at a claim when another node or hub takes the chosen task first.
 _CLAIM_RACES = 4
 
@@ -51,7 +55,6 @@ def register_node(ctx: HubContext, node_id: str, reg: NodeRegister) -> Node:
     )
     ctx.store.put_node(node)
     ctx.store.record_heartbeat(node_id, now, reg.slots, False)
-    ctx.forget_snapshots()
     ctx.work.notify()
     return node
 
@@ -103,35 +106,38 @@ def is_draining(ctx: HubContext, node_id: str) -> bool:
 def claim(ctx: HubContext, node_id: str) -> Assignment | None:
     """Lease the best task this node may run now, or None."""
     now = ctx.clock()
-    snapshots = ctx.snapshots()
-    me = next((s for s in snapshots if s.node.id == node_id), None)
-    if me is None:
-        ctx.forget_snapshots()
-        me = next((s for s in ctx.snapshots() if s.node.id == node_id), None)
-        if me is None:
-            raise NotFound(f"node {node_id} is not registered; register first")
-    node = ctx.store.get_node(node_id)
+    node = ctx.store.get_node(node_id)  # NotFound: the node must register (again)
     if node.draining or len(ctx.store.running_tasks(node_id)) >= node.slots:
         return None
+    snapshots = ctx.snapshots()
+    cached = next((s for s in snapshots if s.node.id == node_id), None)
+    me = replace(cached, node=node) if cached else ctx.node_snapshot(node_id)
     others = [s for s in snapshots if s.node.id != node_id]
     for _ in range(_CLAIM_RACES):
-        queued = ctx.store.queued_tasks(_CLAIM_WINDOW)
-        jobs: dict[str, Job] = {}
-        for task in queued:
-            if task.job_id not in jobs:
-                jobs[task.job_id] = ctx.store.get_job(task.job_id)
-        pairs = [
-            (t, jobs[t.job_id].spec)
-            for t in queued
-            if not _retry_elsewhere(t, jobs[t.job_id].spec, node_id, others)
-        ]
-        chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
+        chosen = _choose(ctx, me, others, now)
         if chosen is None:
             return None
         try:
-            return _lease(ctx, node, chosen, jobs[chosen.job_id], now)
+            return _lease(ctx, node, chosen, ctx.store.get_job(chosen.job_id), now)
         except StaleWrite:
             continue  # someone else leased it first; look again
+    return None
+
+
+def _choose(
+    ctx: HubContext, me: NodeSnapshot, others: list[NodeSnapshot], now: float
+) -> Task | None:
+    """The first queued task this node should take, reading the queue a page at a time."""
+    for offset in range(0, _CLAIM_WINDOW, _CLAIM_PAGE):
+        queued = ctx.store.queued_tasks(_CLAIM_PAGE, offset)
+        pairs = [
+            (t, spec)
+            for t in queued
+            if not _retry_elsewhere(t, spec := ctx.spec_of(t.job_id), me.node.id, others)
+        ]
+        chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
+        if chosen is not None or len(queued) < _CLAIM_PAGE:
+            return chosen
     return None
 
 

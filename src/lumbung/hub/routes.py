@@ -56,8 +56,7 @@ async def health() -> dict[str, str]:
 @router.post("/nodes/register")
 async def register_node(reg: NodeRegister, actor: Actor, ctx: Ctx) -> NodeView:
     leases.register_node(ctx, actor, reg)
-    snapshot = next(s for s in ctx.snapshots(fresh=True) if s.node.id == actor)
-    return node_view(snapshot)
+    return node_view(ctx.node_snapshot(actor))
 
 
 @router.post("/nodes/heartbeat")

@@ -30,7 +30,9 @@ def serve(config: HubConfig) -> None:
     blobs = DirectoryBlobStore(config.data_dir / "blobs")
     ctx = HubContext(config=config, store=store, blobs=blobs)
     app = create_app(ctx)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
+    # without it every response's body waits ~40 ms for the client's delayed ACK (Nagle).
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((config.host, config.port))
     sock.listen(2048)  # listening before the port is published: early clients queue, not fail

@@ -6,9 +6,10 @@ of an attempt that ends any other way is lost. The ledger (a later issue) pays k
 
 from __future__ import annotations
 
+from lumbung.errors import NotFound
 from lumbung.hub.context import HubContext
 from lumbung.market.model import Job, JobState, Task, TaskState, Work
-from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, job_state, next_task_state
+from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, job_state_of, next_task_state
 from lumbung.store.protocol import Changes
 
 # Log lines quoted in a failed job's error.
@@ -28,11 +29,11 @@ def work_record(task: Task, price_micro_per_hour: int) -> Work:
 
 
 def current_work(ctx: HubContext, task: Task) -> Work:
-    for work in ctx.store.list_work(task.job_id):
-        if work.task_id == task.id and work.attempt == task.attempt:
-            return work
-    # A lease always writes its work record; only a store edited by hand lacks one.
-    return work_record(task, 0)
+    try:
+        return ctx.store.get_work(task.id, task.attempt)
+    except NotFound:
+        # A lease always writes its work record; only a store edited by hand lacks one.
+        return work_record(task, 0)
 
 
 def attempt_work(ctx: HubContext, task: Task, runtime_s: float, *, completed: bool) -> Work:
@@ -52,10 +53,13 @@ def settle_job(ctx: HubContext, job: Job, changes: Changes, now: float) -> None:
     """
     if job.state in TERMINAL_JOB_STATES:
         return
-    changed = {t.id: t for t in changes.tasks}
-    tasks = [changed.get(t.id, t) for t in ctx.store.list_tasks(job.id)]
-    state = job_state(tasks, cancelled=False)
+    changed = {t.id: t for t in changes.tasks if t.job_id == job.id}
+    # Counting in the store, not reading every task: a lease must not cost O(tasks in the job).
+    counts = ctx.store.task_state_counts(job.id, excluding=list(changed))
+    states = {s for s, n in counts.items() if n} | {t.state for t in changed.values()}
+    state = job_state_of(states, cancelled=False)
     if state is JobState.FAILED:
+        tasks = [changed.get(t.id, t) for t in ctx.store.list_tasks(job.id)]
         failed = next(t for t in tasks if t.state is TaskState.FAILED)
         job.error = _failure_message(ctx, job, failed)
         for task in tasks:

@@ -8,6 +8,7 @@ whether the consumer cancelled it) by ``job_state``, so the two can never disagr
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from enum import StrEnum
 from types import MappingProxyType
 
@@ -79,7 +80,11 @@ def job_state(tasks: Sequence[Task], cancelled: bool) -> JobState:
     running or already done means the job is under way (RUNNING); otherwise it waits (QUEUED).
     A job with no tasks cannot be submitted, so the empty case is simply QUEUED.
     """
-    states = {t.state for t in tasks}
+    return job_state_of({t.state for t in tasks}, cancelled)
+
+
+def job_state_of(states: AbstractSet[TaskState], cancelled: bool) -> JobState:
+    """``job_state`` from the set of states its tasks are in (the store can count those)."""
     if cancelled:
         return JobState.CANCELLED
     if TaskState.FAILED in states:

@@ -91,10 +91,15 @@ class MemoryStore:
             node.version += 1
             self._minutes.setdefault(node_id, set()).add(int(now // 60))
 
-    def heartbeat_minutes(self, node_id: str, since: float) -> int:
+    def heartbeat_minutes(self, since: float, node_id: str | None = None) -> dict[str, int]:
         first = int(since // 60)  # the minute containing ``since`` counts, as in SqlStore
         with self._lock:
-            return sum(1 for m in self._minutes.get(node_id, ()) if m >= first)
+            counts = {
+                node: sum(1 for m in minutes if m >= first)
+                for node, minutes in self._minutes.items()
+                if node_id in (None, node)
+            }
+        return {node: n for node, n in counts.items() if n}
 
     def _node(self, node_id: str) -> Node:
         try:
@@ -135,11 +140,19 @@ class MemoryStore:
     def list_tasks(self, job_id: str) -> list[Task]:
         return self._select_tasks(lambda x: x.job_id == job_id, key=lambda x: (x.index, x.id))
 
-    def queued_tasks(self, limit: int) -> list[Task]:
+    def task_state_counts(self, job_id: str, excluding: Sequence[str] = ()) -> dict[TaskState, int]:
+        skip = set(excluding)
+        with self._lock:
+            states = [
+                x.state for x in self._tasks.values() if x.job_id == job_id and x.id not in skip
+            ]
+        return {s: states.count(s) for s in set(states)}
+
+    def queued_tasks(self, limit: int, offset: int = 0) -> list[Task]:
         queued = self._select_tasks(
             lambda x: x.state == TaskState.QUEUED, key=lambda x: (x.queued_at, x.job_id, x.index)
         )
-        return queued[:limit]
+        return queued[offset : offset + limit]
 
     def running_tasks(self, node_id: str | None = None) -> list[Task]:
         return self._select_tasks(
@@ -194,6 +207,13 @@ class MemoryStore:
                 (c for c in self._checkpoints.values() if c.task_id == task_id),
                 key=lambda c: c.seq,
             )
+
+    def get_work(self, task_id: str, attempt: int) -> Work:
+        with self._lock:
+            work = self._work.get((task_id, attempt))
+            if work is None:
+                raise NotFound(f"no work record for attempt {attempt} of task {task_id}")
+            return dataclasses.replace(work)
 
     def list_work(self, job_id: str) -> list[Work]:
         with self._lock:

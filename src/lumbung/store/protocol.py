@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, Work
+from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, TaskState, Work
 
 
 @dataclass
@@ -51,8 +51,9 @@ class Store(Protocol):
     def record_heartbeat(self, node_id: str, now: float, free_slots: int, draining: bool) -> None:
         """Set the node's last heartbeat and load, and mark the minute as heard (reliability)."""
 
-    def heartbeat_minutes(self, node_id: str, since: float) -> int:
-        """How many distinct minutes since ``since`` had at least one heartbeat from the node."""
+    def heartbeat_minutes(self, since: float, node_id: str | None = None) -> dict[str, int]:
+        """Per node (all, or the one named), how many distinct minutes since ``since`` (the minute
+        containing it included) had at least one heartbeat; nodes never heard are left out."""
 
     # --- jobs and tasks -------------------------------------------------------------------------
     def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
@@ -68,7 +69,10 @@ class Store(Protocol):
     def list_tasks(self, job_id: str) -> list[Task]:
         """The job's tasks by index."""
 
-    def queued_tasks(self, limit: int) -> list[Task]:
+    def task_state_counts(self, job_id: str, excluding: Sequence[str] = ()) -> dict[TaskState, int]:
+        """How many of the job's tasks are in each state, leaving out the task ids ``excluding``."""
+
+    def queued_tasks(self, limit: int, offset: int = 0) -> list[Task]:
         """Queued tasks, oldest ``queued_at`` first, then by job and index."""
 
     def running_tasks(self, node_id: str | None = None) -> list[Task]:
@@ -90,6 +94,9 @@ class Store(Protocol):
         """The task's chain, by seq."""
 
     def list_work(self, job_id: str) -> list[Work]: ...
+
+    def get_work(self, task_id: str, attempt: int) -> Work:
+        """The work record of one attempt; ``NotFound`` if it has none."""
 
     def append_log(self, record: LogRecord) -> int:
         """Store a log chunk (its ``seq`` is ignored) and return the seq it was given."""

@@ -123,12 +123,17 @@ class SqlStore:
                 raise NotFound(f"no node {node_id}")
             conn.execute(minute.on_conflict_do_nothing())  # type: ignore[attr-defined]
 
-    def heartbeat_minutes(self, node_id: str, since: float) -> int:
+    def heartbeat_minutes(self, since: float, node_id: str | None = None) -> dict[str, int]:
         hm = t.heartbeat_minutes
         # The minute that contains ``since`` counts: it may hold a heartbeat sent after ``since``.
-        stmt = select(func.count()).where(hm.c.node_id == node_id, hm.c.minute >= int(since // 60))
-        with self._engine.connect() as conn:
-            return int(conn.execute(stmt).scalar_one())
+        stmt = (
+            select(hm.c.node_id, func.count())
+            .where(hm.c.minute >= int(since // 60))
+            .group_by(hm.c.node_id)
+        )
+        if node_id is not None:
+            stmt = stmt.where(hm.c.node_id == node_id)
+        return {node: int(count) for node, count in self._tuples(stmt)}
 
     # --- jobs and tasks -------------------------------------------------------------------------
 
@@ -167,13 +172,21 @@ class SqlStore:
         stmt = select(tasks).where(tasks.c.job_id == job_id).order_by(tasks.c.index)
         return [t.task_from_row(r) for r in self._rows(stmt)]
 
-    def queued_tasks(self, limit: int) -> list[Task]:
+    def task_state_counts(self, job_id: str, excluding: Sequence[str] = ()) -> dict[TaskState, int]:
+        tasks = t.tasks
+        stmt = select(tasks.c.state, func.count()).where(tasks.c.job_id == job_id)
+        if excluding:
+            stmt = stmt.where(tasks.c.id.not_in(list(excluding)))
+        return {TaskState(s): int(n) for s, n in self._tuples(stmt.group_by(tasks.c.state))}
+
+    def queued_tasks(self, limit: int, offset: int = 0) -> list[Task]:
         tasks = t.tasks
         stmt = (
             select(tasks)
             .where(tasks.c.state == TaskState.QUEUED.value)
             .order_by(tasks.c.queued_at, tasks.c.job_id, tasks.c.index)
             .limit(limit)
+            .offset(offset)
         )
         return [t.task_from_row(r) for r in self._rows(stmt)]
 
@@ -239,6 +252,13 @@ class SqlStore:
         stmt = select(w).where(w.c.job_id == job_id).order_by(w.c.task_id, w.c.attempt)
         return [t.work_from_row(r) for r in self._rows(stmt)]
 
+    def get_work(self, task_id: str, attempt: int) -> Work:
+        w = t.work
+        rows = self._rows(select(w).where(w.c.task_id == task_id, w.c.attempt == attempt))
+        if not rows:
+            raise NotFound(f"no work record for attempt {attempt} of task {task_id}")
+        return t.work_from_row(rows[0])
+
     def append_log(self, record: LogRecord) -> int:
         values = {c.name: getattr(record, c.name) for c in t.logs.columns if c.name != "seq"}
         try:
@@ -273,6 +293,10 @@ class SqlStore:
     def _rows(self, stmt: Any) -> list[Any]:
         with self._engine.connect() as conn:
             return list(conn.execute(stmt).mappings())
+
+    def _tuples(self, stmt: Any) -> list[Any]:
+        with self._engine.connect() as conn:
+            return list(conn.execute(stmt).all())
 
 
 def _update_versioned(
