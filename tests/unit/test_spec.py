@@ -1,0 +1,86 @@
+"""The job spec: valid specs parse, and every bad field is refused by its dotted name."""
+
+from __future__ import annotations
+
+import pytest
+
+from lumbung.errors import Rejected
+from lumbung.wire.spec import parse_spec, validate_spec
+
+GOOD = """
+name: sweep
+command: ["python", "inputs/train.py", "--lr", "{lr}"]
+inputs:
+  - {name: train.py, path: train.py}
+outputs: [result.json]
+grid: {lr: [0.1, 0.01], depth: [2, 3, 4]}
+count: 2
+resources: {cpus: 2, memory_gb: 4, gpus: 1, gpu_models: [A100]}
+max_price_micro_per_hour: 500000
+"""
+
+
+def test_a_yaml_spec_fans_out_into_count_times_the_grid() -> None:
+    spec = parse_spec(GOOD)
+    assert spec.task_count() == 12
+    params = spec.task_params()
+    assert len(params) == 12 and params[0] == {"depth": 2, "lr": 0.1}
+    assert params[:6] == params[6:]  # count repeats the whole grid
+
+
+def test_json_is_yaml_too() -> None:
+    spec = parse_spec('{"name": "j", "entrypoint": "pkg.mod:run", "max_price_micro_per_hour": 1}')
+    assert spec.entrypoint == "pkg.mod:run" and spec.task_count() == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"resources": {"cpus": 0}}, "resources.cpus"),
+        ({"resources": {"gpus": -1}}, "resources.gpus"),
+        ({"resources": {"memory_gb": "lots"}}, "resources.memory_gb"),
+        ({"max_price_micro_per_hour": -5}, "max_price_micro_per_hour"),
+        ({"max_price_micro_per_hour": 1.5}, "max_price_micro_per_hour"),
+        ({"max_runtime_s": 0}, "max_runtime_s"),
+        ({"retries": 99}, "retries"),
+        ({"outputs": ["../../etc/passwd"]}, "outputs"),
+        ({"inputs": [{"name": "/abs", "sha256": "0" * 64}]}, "inputs.0.name"),
+        ({"inputs": [{"name": "a", "sha256": "XYZ"}]}, "inputs.0.sha256"),
+        ({"env": {"LUMBUNG_TASK_ID": "x"}}, "env"),
+        ({"grid": {"lr": []}}, "grid"),
+        ({"kind": "mine-bitcoin"}, "kind"),
+        ({"surprise": 1}, "surprise"),
+    ],
+)
+def test_each_bad_field_is_refused_by_name(change: dict[str, object], field: str) -> None:
+    data: dict[str, object] = {"name": "j", "command": ["true"], "max_price_micro_per_hour": 10}
+    data.update(change)
+    with pytest.raises(Rejected) as caught:
+        validate_spec(data)
+    assert caught.value.field == field, caught.value.message
+    assert caught.value.message.startswith(field)
+
+
+def test_command_and_entrypoint_are_exclusive() -> None:
+    both = {"name": "j", "command": ["true"], "entrypoint": "m:f", "max_price_micro_per_hour": 1}
+    with pytest.raises(Rejected, match="exactly one of 'command' or 'entrypoint'"):
+        validate_spec(both)
+
+
+def test_too_many_tasks_are_refused() -> None:
+    huge = {
+        "name": "j",
+        "command": ["true"],
+        "max_price_micro_per_hour": 1,
+        "count": 10_000,
+        "grid": {"x": [1, 2]},
+    }
+    with pytest.raises(Rejected, match="more than 10000 tasks"):
+        validate_spec(huge)
+
+
+@pytest.mark.parametrize("text", ["- just\n- a list\n", "name: [unclosed", ""])
+def test_text_that_is_not_a_mapping_is_refused(text: str) -> None:
+    with pytest.raises(Rejected) as caught:
+        parse_spec(text)
+    assert caught.value.field == "spec"
