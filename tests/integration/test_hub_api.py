@@ -406,3 +406,19 @@ def test_a_restarted_hub_gives_running_leases_time_to_be_renewed(hub: Hub) -> No
     assert expire_leases(hub.ctx) == 0
     beat = {"tasks": [{"task_id": task["task_id"], "attempt": 1, "progress": 0.5}]}
     assert node.call("POST", "/v1/nodes/heartbeat", beat)["renewed"] == [task["task_id"]]
+
+
+def test_an_oversized_json_body_is_refused_before_it_is_read(hub: Hub) -> None:
+    consumer = hub.actor()
+    limit = hub.ctx.config.max_body_bytes
+    huge = spec(name="x", env={"PAD": "y" * (limit + 1)})
+    body = consumer.call("POST", "/v1/jobs", {"spec": huge}, expect=413)
+    assert body["field"] == "body"
+
+    def chunks():  # type: ignore[no-untyped-def]
+        for _ in range(limit // 65536 + 2):
+            yield b"x" * 65536
+
+    response = hub.http.post("/v1/jobs", content=chunks())  # chunked: no content-length
+    assert response.status_code == 413
+    assert consumer.call("GET", "/v1/jobs") == []

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from lumbung.hub.context import HubContext
 from lumbung.hub.errors import install_error_handlers
 from lumbung.hub.leases import expire_leases, grace_after_restart
+from lumbung.hub.limits import BodyLimit
 from lumbung.hub.routes import router
 
 log = logging.getLogger("lumbung.hub")
@@ -59,6 +60,7 @@ def create_app(ctx: HubContext, *, reaper: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.add_middleware(BodyLimit, max_body_bytes=ctx.config.max_body_bytes)
     install_error_handlers(app)
     app.include_router(router)
     return app
