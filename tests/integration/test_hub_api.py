@@ -17,7 +17,7 @@ from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.hub.app import create_app
 from lumbung.hub.context import HubContext
-from lumbung.hub.leases import expire_leases, grace_after_restart
+from lumbung.hub.leases import MAX_LOST_LEASES, expire_leases, grace_after_restart
 from lumbung.store.blobs import MemoryBlobStore
 from lumbung.store.protocol import Store
 
@@ -422,3 +422,19 @@ def test_an_oversized_json_body_is_refused_before_it_is_read(hub: Hub) -> None:
     response = hub.http.post("/v1/jobs", content=chunks())  # chunked: no content-length
     assert response.status_code == 413
     assert consumer.call("GET", "/v1/jobs") == []
+
+
+def test_a_task_that_keeps_losing_its_node_fails_instead_of_cycling_for_ever(hub: Hub) -> None:
+    node = hub.node("n1")
+    consumer = hub.actor()
+    job_id = consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)["job"]["id"]
+    for _ in range(MAX_LOST_LEASES):
+        assert claim(node) is not None
+        hub.clock.advance(LEASE_S + 1)
+        node.call(
+            "POST", "/v1/nodes/heartbeat", {"tasks": []}
+        )  # the node lives; the task's run does not
+        assert expire_leases(hub.ctx) == 1
+    job = consumer.call("GET", f"/v1/jobs/{job_id}")
+    assert job["state"] == "failed"
+    assert f"lost its node {MAX_LOST_LEASES} times" in job["error"]

@@ -78,9 +78,7 @@ def get(ctx: HubContext, owner: str, job_id: str) -> JobView:
 def list_jobs(ctx: HubContext, owner: str) -> list[JobSummary]:
     summaries = []
     for job in ctx.store.list_jobs(owner):
-        counts: dict[str, int] = {}
-        for task in ctx.store.list_tasks(job.id):
-            counts[task.state.value] = counts.get(task.state.value, 0) + 1
+        counts = {state.value: n for state, n in ctx.store.task_state_counts(job.id).items()}
         summaries.append(
             JobSummary(
                 id=job.id,

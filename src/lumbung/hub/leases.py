@@ -29,6 +29,8 @@ from lumbung.wire.spec import JobSpec
 # claims take one of the first few, so reading the whole window each time would be waste.
 _CLAIM_WINDOW = 256
 _CLAIM_PAGE = 16
+# Attempts a task may lose to vanished nodes before it fails (see ``requeue``).
+MAX_LOST_LEASES = 10
 # Attempts at a claim when another node or hub takes the chosen task first.
 _CLAIM_RACES = 4
 
@@ -224,9 +226,18 @@ def expire_leases(ctx: HubContext) -> int:
 
 
 def requeue(ctx: HubContext, task: Task, event: TaskEvent, runtime_s: float, now: float) -> None:
-    """Back to the queue without blame (lease lost, node drained), keeping the checkpoint."""
+    """Back to the queue without blame (lease lost, node drained), keeping the checkpoint.
+
+    Losing a node is not the task's fault and costs no retry, but a task that has lost its node
+    ``MAX_LOST_LEASES`` times is probably what kills them (or no node can keep it alive): it fails
+    rather than cycle through the market for ever.
+    """
     job = ctx.store.get_job(task.job_id)
     work = attempt_work(ctx, task, runtime_s, completed=False)
+    lost = task.attempt - task.failures  # attempts that ended without the task failing
+    if event is TaskEvent.LEASE_LOST and lost >= MAX_LOST_LEASES:
+        event = TaskEvent.FAIL_FINAL
+        task.error = f"lost its node {lost} times (the last at {task.progress:.0%} progress)"
     task.state = next_task_state(task.state, event)
     task.lease_expires_at = None
     task.updated_at = now
