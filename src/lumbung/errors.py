@@ -39,6 +39,10 @@ class TooLarge(Rejected):
     """An upload or a body is over its size limit."""
 
 
+class ProofError(Rejected):
+    """A Merkle inclusion or consistency proof (RFC 9162) does not verify."""
+
+
 class Unauthenticated(LumbungError):
     """A request's signature is missing, forged, stale or replayed."""
 
