@@ -499,3 +499,18 @@ class LedgerMachine(RuleBasedStateMachine):
 
 LedgerMachine.TestCase.settings = settings(max_examples=200, stateful_step_count=50, deadline=None)
 test_random_entry_sequences_keep_the_ledger_consistent = LedgerMachine.TestCase
+
+
+def test_apply_verified_skips_only_the_signature_check() -> None:
+    ledger = Ledger()
+    signed = signed_next(ledger, TREASURY, Mint, to=USERS[0].actor_id, amount=500)
+    forged = replace(signed, signature=bytes(64))
+    with pytest.raises(Unauthenticated):
+        ledger.apply(forged, **ROLES)
+    ledger.apply_verified(signed, **ROLES)  # as an auditor does after checking in bulk
+    assert ledger.balance(USERS[0].actor_id) == 500
+    with pytest.raises(Conflict, match="expected seq 2"):
+        ledger.apply_verified(signed, **ROLES)  # still refuses a replay
+    stranger = signed_next(ledger, USERS[1], Mint, to=USERS[1].actor_id, amount=5)
+    with pytest.raises(Forbidden):
+        ledger.apply_verified(stranger, **ROLES)  # and a mint by anyone but the treasury
