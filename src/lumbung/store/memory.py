@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from lumbung.errors import Conflict, NotFound, StaleWrite
 from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, TaskState, Work
+from lumbung.store.ledger import MemoryLedgerStore
 from lumbung.store.protocol import Changes
 
 
@@ -45,6 +46,7 @@ class MemoryStore:
         self._work: dict[tuple[str, int], Work] = {}
         self._logs: dict[str, list[LogRecord]] = {}  # by job, in seq order
         self._log_seq = itertools.count(1)
+        self._ledger = MemoryLedgerStore()
 
     # --- actors and replay protection -----------------------------------------------------------
 
@@ -244,6 +246,10 @@ class MemoryStore:
             ]
         found.sort(key=lambda r: r.seq)
         return found[-limit:] if limit > 0 else []
+
+    def ledger(self) -> MemoryLedgerStore:
+        """The transparency log's store; one per MemoryStore, like the SQL store's database."""
+        return self._ledger
 
     def close(self) -> None:
         """Nothing to release; here so that both stores are closed the same way."""

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, TaskState, Work
+from lumbung.store.ledger import LedgerStore
 
 
 @dataclass
@@ -106,5 +107,8 @@ class Store(Protocol):
 
     def tail_logs(self, task_id: str, attempt: int, limit: int) -> list[LogRecord]:
         """The last ``limit`` log chunks of one attempt of a task, in order."""
+
+    def ledger(self) -> LedgerStore:
+        """The transparency log's store, in the same database as this store."""
 
     def close(self) -> None: ...

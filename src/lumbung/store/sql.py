@@ -25,6 +25,7 @@ from sqlalchemy.sql.dml import Insert
 from lumbung.errors import Conflict, NotFound, StaleWrite
 from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, TaskState, Work
 from lumbung.store import tables as t
+from lumbung.store.ledger_sql import SqlLedgerStore
 from lumbung.store.protocol import Changes
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -45,6 +46,7 @@ class SqlStore:
         self._insert: Callable[[Table], Insert] = (
             sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
         )
+        self._ledger: SqlLedgerStore | None = None
 
     @classmethod
     def open(cls, url: str) -> SqlStore:
@@ -62,6 +64,12 @@ class SqlStore:
 
     def close(self) -> None:
         self._engine.dispose()
+
+    def ledger(self) -> SqlLedgerStore:
+        """The transparency log's store, on this store's engine (and so its database)."""
+        if self._ledger is None:
+            self._ledger = SqlLedgerStore(self._engine)
+        return self._ledger
 
     # --- actors and replay protection -----------------------------------------------------------
 

@@ -246,3 +246,41 @@ def work_from_row(row: Mapping[Any, Any]) -> Work:
 
 def log_from_row(row: Mapping[Any, Any]) -> LogRecord:
     return LogRecord(**{c.name: row[c.name] for c in logs.columns})
+
+
+# --- the transparency log (lumbung.ledger) --------------------------------------------------------
+# Leaves are the exact bytes the Merkle tree hashes; nodes are the tree's perfect subtrees
+# (lumbung.ledger.tree), write-once. ``ledger_meta`` has one row, id 1, holding the tree size: an
+# append moves it with ``UPDATE ... WHERE size = :expected`` so two hubs cannot both append at the
+# same index.
+
+ledger_leaves = Table(
+    "ledger_leaves",
+    metadata,
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("leaf", LargeBinary, nullable=False),
+    Column("leaf_hash", LargeBinary, nullable=False),
+    Index("ix_ledger_leaves_leaf_hash", "leaf_hash", unique=True),
+)
+
+ledger_nodes = Table(
+    "ledger_nodes",
+    metadata,
+    Column("level", Integer, primary_key=True, autoincrement=False),
+    Column("idx", BigInteger, primary_key=True, autoincrement=False),
+    Column("hash", LargeBinary, nullable=False),
+)
+
+ledger_meta = Table(
+    "ledger_meta",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("size", BigInteger, nullable=False),
+)
+
+ledger_checkpoints = Table(
+    "ledger_checkpoints",
+    metadata,
+    Column("size", BigInteger, primary_key=True, autoincrement=False),
+    Column("note", Text, nullable=False),
+)

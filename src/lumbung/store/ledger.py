@@ -1,0 +1,115 @@
+"""Where the transparency log lives: its leaves, Merkle tree nodes, size and signed checkpoints.
+
+``LedgerStore`` is the seam; ``MemoryLedgerStore`` is its in-memory twin and
+``lumbung.store.ledger_sql.SqlLedgerStore`` the durable one. The store knows nothing of what a leaf
+means: the hub validates entries and computes the tree's nodes (``lumbung.ledger.tree``), then
+hands both here to be written in one transaction.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Protocol
+
+from lumbung.errors import NotFound, Rejected, StaleWrite
+
+NodeKey = tuple[int, int]  # (level, index), as in lumbung.ledger.tree
+
+
+class LedgerStore(Protocol):
+    def ledger_size(self) -> int:
+        """How many leaves the log has."""
+
+    def append(
+        self, leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
+    ) -> None:
+        """Write ``leaves`` at indexes ``expected_size``.., the new ``nodes`` (which include each
+        leaf's hash at level 0) and the new size, all in one transaction.
+
+        ``StaleWrite`` (and nothing written) if the stored size is not ``expected_size``: another
+        writer appended first, possibly another hub sharing the database.
+        """
+
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        """The leaves at indexes [start, end), clipped to the log's size."""
+
+    def nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        """The stored nodes among ``keys``; absent keys are left out."""
+
+    def index_of(self, leaf_hash: bytes) -> int:
+        """The index of the leaf with this RFC 9162 leaf hash; ``NotFound`` if none."""
+
+    def put_checkpoint(self, size: int, note: str) -> None:
+        """Keep the signed checkpoint note for tree size ``size`` (a later one for the same size
+        replaces it: checkpoints for one size differ only in their signatures)."""
+
+    def latest_checkpoint(self) -> tuple[int, str]:
+        """(size, note) of the checkpoint with the largest size; ``NotFound`` if there is none."""
+
+
+def check_leaf_parts(
+    leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
+) -> None:
+    """Refuse an append whose nodes do not include a level-0 hash for each new leaf."""
+    for index in range(expected_size, expected_size + len(leaves)):
+        if (0, index) not in nodes:
+            raise Rejected(f"append is missing the leaf hash of leaf {index}", field="nodes")
+
+
+class MemoryLedgerStore:
+    """``LedgerStore`` in dictionaries, behind one lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._leaves: list[bytes] = []
+        self._index_by_hash: dict[bytes, int] = {}
+        self._nodes: dict[NodeKey, bytes] = {}
+        self._checkpoints: dict[int, str] = {}
+
+    def ledger_size(self) -> int:
+        with self._lock:
+            return len(self._leaves)
+
+    def append(
+        self, leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
+    ) -> None:
+        check_leaf_parts(leaves, nodes, expected_size)
+        with self._lock:
+            if len(self._leaves) != expected_size:
+                raise StaleWrite(
+                    f"the log has {len(self._leaves)} leaves, not the expected {expected_size}"
+                )
+            hashes = [nodes[(0, i)] for i in range(expected_size, expected_size + len(leaves))]
+            if any(h in self._index_by_hash for h in hashes) or len(set(hashes)) != len(hashes):
+                raise StaleWrite("a leaf of this append is already in the log")
+            for leaf, leaf_hash in zip(leaves, hashes, strict=True):
+                self._index_by_hash[leaf_hash] = len(self._leaves)
+                self._leaves.append(bytes(leaf))
+            self._nodes.update(nodes)
+
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        with self._lock:
+            return self._leaves[max(start, 0) : max(end, 0)]
+
+    def nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        with self._lock:
+            return {key: self._nodes[key] for key in keys if key in self._nodes}
+
+    def index_of(self, leaf_hash: bytes) -> int:
+        with self._lock:
+            index = self._index_by_hash.get(leaf_hash)
+        if index is None:
+            raise NotFound(f"no leaf with hash {leaf_hash.hex()}", field="leaf_hash")
+        return index
+
+    def put_checkpoint(self, size: int, note: str) -> None:
+        with self._lock:
+            self._checkpoints[size] = note
+
+    def latest_checkpoint(self) -> tuple[int, str]:
+        with self._lock:
+            if not self._checkpoints:
+                raise NotFound("the log has no checkpoint yet")
+            size = max(self._checkpoints)
+            return size, self._checkpoints[size]

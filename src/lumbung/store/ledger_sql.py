@@ -1,0 +1,110 @@
+"""``LedgerStore`` on SQLAlchemy Core, sharing the engine of ``lumbung.store.sql.SqlStore``.
+
+An append is one transaction whose first statement moves the size forward conditionally
+(``UPDATE ledger_meta SET size = :new WHERE size = :expected``): the row lock it takes (PostgreSQL)
+or the database write lock (SQLite) makes a second writer wait, then find the size moved and get a
+row count of zero, which is ``StaleWrite``. The leaves' primary keys back this up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+from sqlalchemy import Engine, Table, select, tuple_
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.dml import Insert
+
+from lumbung.errors import NotFound, StaleWrite
+from lumbung.store import tables as t
+from lumbung.store.ledger import NodeKey, check_leaf_parts
+
+_META_ID = 1
+# Node keys per IN (...) query: far below every database's bound-parameter limit.
+_KEYS_PER_QUERY = 400
+
+
+class SqlLedgerStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._insert: Callable[[Table], Insert] = (
+            sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+        )
+
+    def ledger_size(self) -> int:
+        with self._engine.connect() as conn:
+            stmt = select(t.ledger_meta.c.size).where(t.ledger_meta.c.id == _META_ID)
+            return int(conn.execute(stmt).scalar_one())
+
+    def append(
+        self, leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
+    ) -> None:
+        check_leaf_parts(leaves, nodes, expected_size)
+        new_size = expected_size + len(leaves)
+        leaf_rows = [
+            {"idx": index, "leaf": bytes(leaf), "leaf_hash": nodes[(0, index)]}
+            for index, leaf in enumerate(leaves, expected_size)
+        ]
+        node_rows = [{"level": lv, "idx": ix, "hash": h} for (lv, ix), h in nodes.items()]
+        meta = t.ledger_meta
+        move = (
+            meta.update()
+            .where(meta.c.id == _META_ID, meta.c.size == expected_size)
+            .values(size=new_size)
+        )
+        try:
+            with self._engine.begin() as conn:
+                if conn.execute(move).rowcount != 1:
+                    raise StaleWrite(f"the log is no longer at size {expected_size}")
+                if leaf_rows:
+                    conn.execute(t.ledger_leaves.insert(), leaf_rows)
+                if node_rows:
+                    conn.execute(t.ledger_nodes.insert(), node_rows)
+        except IntegrityError as exc:
+            raise StaleWrite("a leaf of this append is already in the log") from exc
+
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        table = t.ledger_leaves
+        stmt = (
+            select(table.c.leaf)
+            .where(table.c.idx >= max(start, 0), table.c.idx < end)
+            .order_by(table.c.idx)
+        )
+        with self._engine.connect() as conn:
+            return [bytes(leaf) for leaf in conn.scalars(stmt)]
+
+    def nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        table = t.ledger_nodes
+        found: dict[NodeKey, bytes] = {}
+        with self._engine.connect() as conn:
+            for at in range(0, len(keys), _KEYS_PER_QUERY):
+                chunk = list(keys[at : at + _KEYS_PER_QUERY])
+                stmt = select(table.c.level, table.c.idx, table.c.hash).where(
+                    tuple_(table.c.level, table.c.idx).in_(chunk)
+                )
+                for level, index, value in conn.execute(stmt):
+                    found[(int(level), int(index))] = bytes(value)
+        return found
+
+    def index_of(self, leaf_hash: bytes) -> int:
+        table = t.ledger_leaves
+        with self._engine.connect() as conn:
+            index = conn.scalar(select(table.c.idx).where(table.c.leaf_hash == leaf_hash))
+        if index is None:
+            raise NotFound(f"no leaf with hash {leaf_hash.hex()}", field="leaf_hash")
+        return int(index)
+
+    def put_checkpoint(self, size: int, note: str) -> None:
+        stmt = self._insert(t.ledger_checkpoints).values(size=size, note=note)
+        stmt = stmt.on_conflict_do_update(index_elements=["size"], set_={"note": note})  # type: ignore[attr-defined]
+        with self._engine.begin() as conn:
+            conn.execute(stmt)
+
+    def latest_checkpoint(self) -> tuple[int, str]:
+        table = t.ledger_checkpoints
+        stmt = select(table.c.size, table.c.note).order_by(table.c.size.desc()).limit(1)
+        with self._engine.connect() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            raise NotFound("the log has no checkpoint yet")
+        return int(row[0]), str(row[1])
