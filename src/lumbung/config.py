@@ -47,6 +47,9 @@ class HubConfig:
     max_log_bytes_per_task: int = 1024 * 1024
     # A node is online while its last heartbeat is younger than this.
     node_online_s: float = 30.0
+    # Micro-credits POST /v1/ledger/faucet mints to whoever signs the request; 0 turns it off.
+    # For demos and tests only: a hub with real money keeps this at 0.
+    faucet_micro: int = 0
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from lumbung.cli import jobs, render
+from lumbung.cli import jobs, ledger, render
 from lumbung.config import HubConfig, NodeConfig, load
 from lumbung.errors import LumbungError
 
@@ -46,6 +46,8 @@ app.add_typer(hub_app, name="hub")
 app.add_typer(node_app, name="node")
 app.add_typer(jobs.job_app, name="job")
 app.command("nodes")(jobs.nodes)
+app.add_typer(ledger.ledger_app, name="ledger")
+app.command("account")(ledger.account)
 
 ConfigOption = Annotated[
     Path | None,

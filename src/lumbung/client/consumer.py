@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 
+from lumbung.client.ledger import LedgerClient
 from lumbung.client.transport import HubTransport
 from lumbung.config import ClientConfig
 from lumbung.crypto.keys import Identity
@@ -48,6 +49,11 @@ class Client:
     @property
     def actor_id(self) -> str:
         return self._hub.identity.actor_id
+
+    @property
+    def ledger(self) -> LedgerClient:
+        """The hub's transparency log: checkpoints, entries, proofs, accounts."""
+        return LedgerClient(self._hub)
 
     def submit(self, spec: JobSpec, base_dir: Path = Path(".")) -> SubmitResponse:
         """Upload the spec's local input files, then submit it; the hub answers with the plan."""

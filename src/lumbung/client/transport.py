@@ -86,6 +86,18 @@ class HubTransport:
             raise error_from_response(response)
         return response.json() if response.content else None
 
+    def get_text(self, path: str) -> str:
+        """GET a plain-text resource (a signed note, say) and return its body."""
+        try:
+            response = self._http.get(path)
+        except httpx.TransportError as exc:
+            raise errors.Unavailable(
+                f"cannot reach the hub at {self._http.base_url}: {exc}"
+            ) from exc
+        if response.status_code >= 400:
+            raise error_from_response(response)
+        return response.text
+
     def upload_file(self, path: Path) -> str:
         """Upload a file as an artifact (streamed) and return its SHA-256."""
         digest = hashlib.sha256()

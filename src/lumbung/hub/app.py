@@ -9,9 +9,12 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
+from lumbung.crypto.keys import Identity
 from lumbung.hub.context import HubContext
 from lumbung.hub.errors import install_error_handlers
 from lumbung.hub.leases import expire_leases, grace_after_restart
+from lumbung.hub.ledger import LogService
+from lumbung.hub.ledger_routes import router as ledger_router
 from lumbung.hub.limits import BodyLimit
 from lumbung.hub.routes import router
 
@@ -37,6 +40,11 @@ async def _reap(ctx: HubContext) -> None:
 
 
 def create_app(ctx: HubContext, *, reaper: bool = True) -> FastAPI:
+    if ctx.identity is None:
+        ctx.identity = Identity.load_or_create(ctx.config.data_dir)
+    if ctx.log is None:
+        ctx.log = LogService(ctx.store.ledger(), ctx.identity, ctx.clock)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         extended = grace_after_restart(ctx)
@@ -63,4 +71,5 @@ def create_app(ctx: HubContext, *, reaper: bool = True) -> FastAPI:
     app.add_middleware(BodyLimit, max_body_bytes=ctx.config.max_body_bytes)
     install_error_handlers(app)
     app.include_router(router)
+    app.include_router(ledger_router)
     return app

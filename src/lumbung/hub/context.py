@@ -9,6 +9,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lumbung.config import HubConfig
+from lumbung.crypto.keys import Identity
+from lumbung.hub.ledger import LogService
 from lumbung.market.matching import NodeSnapshot
 from lumbung.market.model import Node
 from lumbung.market.reliability import reliability
@@ -55,6 +57,10 @@ class HubContext:
     clock: Callable[[], float] = time.time
     work: WorkSignal = field(default_factory=WorkSignal)
     known_actors: set[str] = field(default_factory=set)
+    # The hub's own key: it signs the log's checkpoints and is the ledger's treasury for now.
+    identity: Identity | None = None
+    # The transparency log; create_app makes it (from ``identity``) when it is not given.
+    log: LogService | None = None
     _snapshots: list[NodeSnapshot] = field(default_factory=list)
     _snapshots_at: float = float("-inf")
     _specs: dict[str, JobSpec] = field(default_factory=dict)

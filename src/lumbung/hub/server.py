@@ -12,6 +12,7 @@ from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.hub.app import create_app
 from lumbung.hub.context import HubContext
+from lumbung.hub.ledger import LogService
 from lumbung.store.blobs import DirectoryBlobStore
 from lumbung.store.sql import SqlStore
 
@@ -28,7 +29,13 @@ def serve(config: HubConfig) -> None:
     db_url = config.db_url or sqlite_url(config)
     store = SqlStore.open(db_url)
     blobs = DirectoryBlobStore(config.data_dir / "blobs")
-    ctx = HubContext(config=config, store=store, blobs=blobs)
+    ctx = HubContext(
+        config=config,
+        store=store,
+        blobs=blobs,
+        identity=identity,
+        log=LogService(store.ledger(), identity),
+    )
     app = create_app(ctx)
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
     # without it every response's body waits ~40 ms for the client's delayed ACK (Nagle).

@@ -1,0 +1,86 @@
+"""``lumbung ledger verify|proof`` and ``lumbung account``: audit the hub's log from outside.
+
+Errors (a bad signature, a root that does not match, a history that does not extend the pinned
+one) are ``LumbungError``s, which ``lumbung.cli.main`` prints and turns into exit code 1.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lumbung.cli import render
+from lumbung.cli.jobs import DataDirOption, HubOption
+from lumbung.client import Client
+from lumbung.client.audit import audit, prove_inclusion
+from lumbung.config import ClientConfig, load
+from lumbung.ledger.merkle import leaf_hash
+
+ledger_app = typer.Typer(help="Audit the hub's public ledger.", no_args_is_help=True)
+MICRO_PER_CREDIT = 1_000_000
+
+
+def _config(hub: str | None, data_dir: Path | None) -> ClientConfig:
+    return load(ClientConfig, env=os.environ, overrides={"hub_url": hub, "data_dir": data_dir})
+
+
+def credits(micro: int) -> str:
+    """Micro-credits as exact decimal credits (integer arithmetic: money never goes via float)."""
+    sign = "-" if micro < 0 else ""
+    whole, frac = divmod(abs(micro), MICRO_PER_CREDIT)
+    return f"{sign}{whole}.{frac:06d}"
+
+
+@ledger_app.command("verify")
+def verify(hub: HubOption = None, data_dir: DataDirOption = None) -> None:
+    """Download the whole log, check every entry, replay balances and match the signed root."""
+    config = _config(hub, data_dir)
+    with Client.connect(config.hub_url, config) as client:
+        report = audit(client.ledger, config.data_dir.expanduser())
+    console = render.stdout_console()
+    console.print(f"log       {report.origin}")
+    console.print(f"entries   {report.size} (every signature and sequence number checked)")
+    console.print(f"root      {report.root.hex()} (matches the signed checkpoint)")
+    console.print(f"accounts  {report.accounts} replayed, supply {credits(report.supply_micro)}")
+    if report.previous_size is None:
+        console.print("pinned    the log's key, on first use")
+    else:
+        console.print(f"extends   the last verified head of size {report.previous_size}")
+    console.print("[bold green]ledger verified[/]")
+
+
+@ledger_app.command("proof")
+def proof(
+    index: Annotated[int, typer.Argument(min=0, help="Leaf index in the log.")],
+    hub: HubOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Fetch and check the inclusion proof of one entry in the latest signed checkpoint."""
+    config = _config(hub, data_dir)
+    with Client.connect(config.hub_url, config) as client:
+        checkpoint, leaf = prove_inclusion(client.ledger, config.data_dir.expanduser(), index)
+    console = render.stdout_console()
+    console.print(f"leaf      {index}: {leaf.decode('utf-8', 'replace')}")
+    console.print(f"hash      {leaf_hash(leaf).hex()}")
+    console.print(f"tree      size {checkpoint.size}, root {checkpoint.root.hex()}")
+    console.print("[bold green]inclusion proof verified[/]")
+
+
+def account(
+    actor: Annotated[str | None, typer.Argument(help="Actor id; default: your own.")] = None,
+    hub: HubOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Show an actor's balance as the hub's replay of its log has it."""
+    config = _config(hub, data_dir)
+    with Client.connect(config.hub_url, config) as client:
+        who = actor or client.actor_id
+        state = client.ledger.account(who)
+    console = render.stdout_console()
+    console.print(f"actor     {who}")
+    console.print(f"balance   {credits(state.balance)} credits")
+    console.print(f"staked    {credits(state.staked)} credits")
+    console.print(f"last seq  {state.last_seq}")

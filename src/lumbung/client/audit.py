@@ -1,0 +1,156 @@
+"""Audit a hub's transparency log from outside, trusting nothing the hub says without proof.
+
+``audit`` downloads every leaf, checks every author's signature and sequence numbers by replaying
+the balances (``lumbung.ledger.Ledger``), recomputes the RFC 9162 Merkle root, and requires it to
+equal the root in the hub's signed checkpoint. The hub's checkpoint key is pinned on first use
+(``<data_dir>/ledger/<origin>.json``) together with the last verified tree head; every later audit
+requires a consistency proof (RFC 9162 section 2.1.4) from that head, so a hub that rewrites or
+truncates history is caught even when its new history is internally sound.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from lumbung.client.ledger import LedgerClient
+from lumbung.errors import LumbungError, ProofError, Rejected, Unauthenticated
+from lumbung.ids import actor_id
+from lumbung.ledger.balances import Ledger
+from lumbung.ledger.checkpoint import Checkpoint, open_checkpoint
+from lumbung.ledger.entries import decode_leaf
+from lumbung.ledger.merkle import leaf_hash, root, verify_consistency, verify_inclusion
+from lumbung.ledger.note import parse_vkey
+
+PAGE_ENTRIES = 10_000  # the hub's limit per read
+HUB_ORIGIN_PREFIX = "lumbung.hub/"
+
+
+@dataclass(frozen=True)
+class Pin:
+    """What an auditor remembers of one log: its key and the last tree head it verified."""
+
+    origin: str
+    vkey: str
+    size: int
+    root: bytes
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    origin: str
+    size: int
+    root: bytes
+    accounts: int  # actors with a non-zero balance after replay
+    supply_micro: int
+    previous_size: int | None  # the pinned size the new head was proven consistent with
+
+
+def pin_path(data_dir: Path, origin: str) -> Path:
+    # Origins contain '/', which a file name cannot: it becomes '_' (actor ids have none).
+    return data_dir / "ledger" / f"{origin.replace('/', '_')}.json"
+
+
+def load_pin(path: Path) -> Pin | None:
+    if not path.exists():
+        return None
+    data = json.loads(path.read_text())
+    return Pin(data["origin"], data["vkey"], int(data["size"]), bytes.fromhex(data["root"]))
+
+
+def save_pin(path: Path, pin: Pin) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    body = {"origin": pin.origin, "vkey": pin.vkey, "size": pin.size, "root": pin.root.hex()}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(body, indent=2) + "\n")
+    tmp.replace(path)
+
+
+@dataclass(frozen=True)
+class TrustedLog:
+    """The log the auditor checks against: its name, verifier key, and what was pinned before."""
+
+    origin: str
+    vkey: str
+    key: bytes  # the raw Ed25519 public key in ``vkey``
+    pin: Pin | None
+
+
+def trusted_key(ledger: LedgerClient, data_dir: Path) -> TrustedLog:
+    """The hub's log with the pinned key, or the served one on first use (trust on first use).
+
+    ``Unauthenticated`` if the hub now serves a different key than the pinned one.
+    """
+    origin, served_vkey = ledger.key()
+    pin = load_pin(pin_path(data_dir, origin))
+    vkey_text = pin.vkey if pin is not None else served_vkey
+    if pin is not None and served_vkey != pin.vkey:
+        raise Unauthenticated(
+            f"the hub's log key changed: pinned {pin.vkey}, served {served_vkey}", field="vkey"
+        )
+    name, key = parse_vkey(vkey_text)
+    if name != origin or origin != HUB_ORIGIN_PREFIX + actor_id(key):
+        raise Unauthenticated(f"key {vkey_text} does not belong to log {origin}", field="vkey")
+    return TrustedLog(origin, vkey_text, key, pin)
+
+
+def signed_checkpoint(ledger: LedgerClient, origin: str, key: bytes) -> Checkpoint:
+    cp = open_checkpoint(ledger.checkpoint(), origin, key)
+    if cp.origin != origin:
+        raise Unauthenticated(f"checkpoint is for log {cp.origin}, not {origin}", field="origin")
+    return cp
+
+
+def audit(ledger: LedgerClient, data_dir: Path) -> AuditReport:
+    """Verify the whole log against its signed checkpoint and the pinned head; raise if not."""
+    log = trusted_key(ledger, data_dir)
+    cp = signed_checkpoint(ledger, log.origin, log.key)
+    treasury = actor_id(log.key)
+    replay = Ledger()
+    hashes: list[bytes] = []
+    while len(hashes) < cp.size:
+        page = ledger.entries(len(hashes), min(len(hashes) + PAGE_ENTRIES, cp.size))
+        if not page:
+            raise Rejected(f"the hub served no leaf at {len(hashes)} of {cp.size}", field="entries")
+        for leaf in page:
+            try:
+                replay.apply(decode_leaf(leaf), treasury=treasury, hub=treasury)
+            except LumbungError as exc:
+                raise type(exc)(f"leaf {len(hashes)}: {exc.message}", field=exc.field) from exc
+            hashes.append(leaf_hash(leaf))
+    if root(hashes) != cp.root:
+        raise ProofError(f"the leaves do not hash to the signed root of size {cp.size}")
+    _check_extends(ledger, log.pin, cp)
+    save_pin(pin_path(data_dir, log.origin), Pin(log.origin, log.vkey, cp.size, cp.root))
+    snapshot = replay.snapshot()
+    return AuditReport(
+        origin=log.origin,
+        size=cp.size,
+        root=cp.root,
+        accounts=len(snapshot.balances),
+        supply_micro=snapshot.supply,
+        previous_size=None if log.pin is None else log.pin.size,
+    )
+
+
+def _check_extends(ledger: LedgerClient, pin: Pin | None, cp: Checkpoint) -> None:
+    """The new head must extend the pinned one (RFC 9162 section 2.1.4.2)."""
+    if pin is None or pin.size == 0:
+        return
+    if cp.size < pin.size:
+        raise ProofError(f"the log shrank from {pin.size} to {cp.size} leaves: history rewritten")
+    proof = [] if cp.size == pin.size else ledger.consistency_proof(pin.size, cp.size)
+    verify_consistency(pin.size, cp.size, pin.root, cp.root, proof)
+
+
+def prove_inclusion(ledger: LedgerClient, data_dir: Path, index: int) -> tuple[Checkpoint, bytes]:
+    """Check leaf ``index`` is in the hub's latest signed tree; returns (checkpoint, leaf)."""
+    log = trusted_key(ledger, data_dir)
+    cp = signed_checkpoint(ledger, log.origin, log.key)
+    leaves = ledger.entries(index, index + 1)
+    if not leaves:
+        raise Rejected(f"the hub has no leaf {index}", field="index")
+    proof = ledger.inclusion_proof(cp.size, index=index)
+    verify_inclusion(leaf_hash(leaves[0]), index, cp.size, proof.proof, cp.root)
+    return cp, leaves[0]

@@ -1,0 +1,227 @@
+"""The hub's transparency log: validate signed entries, append them, sign checkpoints, serve proofs.
+
+One ``LogService`` per hub process. It keeps the replayed balances (``lumbung.ledger.Ledger``) in
+memory and reads the Merkle tree's nodes from the ``LedgerStore``; balances are never stored, only
+the entries they are replayed from.
+
+The hub's own key is both the treasury (the only author of mints) and the hub author (releases,
+refunds, fees, slashes) for now; a separate, offline treasury key is future work. The log is named
+after that key (its origin), so hubs sharing one database must share the hub key file.
+
+Appends in this process are serialised by a lock. Several hubs sharing one database each hold
+their own replay: an append starts by replaying any leaves another hub wrote since, and the store
+refuses an append at a stale size (``StaleWrite``), after which the tail is replayed and the
+append tried once more.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+from lumbung.crypto.keys import Identity
+from lumbung.errors import (
+    ConfigError,
+    LumbungError,
+    NotFound,
+    Rejected,
+    StaleWrite,
+    Unauthenticated,
+)
+from lumbung.ledger.balances import Ledger
+from lumbung.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
+from lumbung.ledger.entries import Mint, SignedEntry, decode_leaf, leaf_bytes, sign_entry
+from lumbung.ledger.merkle import leaf_hash
+from lumbung.ledger.note import vkey
+from lumbung.ledger.tree import MerkleTree, NodeKey
+from lumbung.store.ledger import LedgerStore
+
+# Leaves read per query while replaying the log.
+REPLAY_PAGE = 1000
+_ATTEMPTS = 2  # the first try, and one retry after another hub appended first
+
+
+def origin_of(identity: Identity) -> str:
+    """The log's name in its checkpoints (C2SP tlog-checkpoint's origin line)."""
+    return f"lumbung.hub/{identity.actor_id}"
+
+
+class _StoredNodes:
+    """A read-only ``NodeStore`` over the log's store, for roots and proofs."""
+
+    def __init__(self, log: LedgerStore) -> None:
+        self._log = log
+
+    def get(self, level: int, index: int) -> bytes:
+        return self._log.nodes([(level, index)])[(level, index)]
+
+    def get_many(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        return self._log.nodes(keys)
+
+    def put_many(self, items: Mapping[NodeKey, bytes]) -> None:
+        raise RuntimeError("the log's tree is written only through LogService.append")
+
+    def size(self) -> int:
+        return self._log.ledger_size()
+
+    def set_size(self, n: int) -> None:
+        raise RuntimeError("the log's tree is written only through LogService.append")
+
+
+class _BufferedNodes(_StoredNodes):
+    """Reads from the store, collects an append's writes so the store can commit them at once."""
+
+    def __init__(self, log: LedgerStore, size: int) -> None:
+        super().__init__(log)
+        self.written: dict[NodeKey, bytes] = {}
+        self._size = size
+
+    def put_many(self, items: Mapping[NodeKey, bytes]) -> None:
+        self.written.update(items)
+
+    def size(self) -> int:
+        return self._size
+
+    def set_size(self, n: int) -> None:
+        self._size = n
+
+
+class LogService:
+    """The log of one hub: its identity, replayed balances and Merkle tree."""
+
+    def __init__(
+        self, log: LedgerStore, identity: Identity, clock: Callable[[], float] = time.time
+    ) -> None:
+        self.store = log
+        self.identity = identity
+        self.origin = origin_of(identity)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._ledger = Ledger()
+        self._size = 0
+        with self._lock:
+            self._catch_up()
+            self._ensure_checkpoint()
+
+    @property
+    def treasury(self) -> str:
+        return self.identity.actor_id
+
+    @property
+    def vkey(self) -> str:
+        """The verifier key (C2SP signed-note) that checks this log's checkpoints."""
+        return vkey(self.origin, self.identity.public_key_raw)
+
+    @property
+    def tree(self) -> MerkleTree:
+        """The stored tree, read-only: roots and RFC 9162 proofs."""
+        return MerkleTree(_StoredNodes(self.store))
+
+    def account(self, actor: str) -> tuple[int, int, int]:
+        """(balance, staked, last_seq) of ``actor`` after every stored entry."""
+        with self._lock:
+            self._catch_up()
+            return (
+                self._ledger.balance(actor),
+                self._ledger.staked(actor),
+                self._ledger.last_seq(actor),
+            )
+
+    def append(self, entries: Sequence[SignedEntry]) -> list[int]:
+        """Validate ``entries`` in order and append them all, or none; returns their indexes."""
+        batch = list(entries)
+        return self._append(lambda: batch)
+
+    def mint(self, to: str, amount_micro: int) -> int:
+        """Mint ``amount_micro`` to ``to`` as the treasury (the hub's key); returns the index."""
+
+        def build() -> list[SignedEntry]:
+            entry = Mint(
+                author=self.treasury,
+                seq=self._ledger.last_seq(self.treasury) + 1,
+                at=int(self._clock() * 1000),
+                to=to,
+                amount=amount_micro,
+            )
+            return [sign_entry(entry, self.identity)]
+
+        return self._append(build)[0]
+
+    def _append(self, build: Callable[[], list[SignedEntry]]) -> list[int]:
+        with self._lock:
+            for attempt in range(_ATTEMPTS):
+                self._catch_up()
+                entries = build()
+                # Validate on a copy so that a batch failing at its last entry changes nothing.
+                # The copy costs O(accounts) per batch, which is small next to the SQL write.
+                trial = copy.deepcopy(self._ledger)
+                for position, signed in enumerate(entries):
+                    self._apply_one(trial, signed, position)
+                start = self._size
+                try:
+                    self._write(entries, start)
+                except StaleWrite:
+                    if attempt + 1 == _ATTEMPTS:
+                        raise
+                    continue
+                self._ledger, self._size = trial, start + len(entries)
+                self._sign(self._size)
+                return list(range(start, self._size))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _apply_one(self, ledger: Ledger, signed: SignedEntry, position: int) -> None:
+        try:
+            ledger.apply(signed, treasury=self.treasury, hub=self.treasury)
+        except Unauthenticated as exc:
+            # The request was signed fine; it is this entry's own signature that fails.
+            raise Rejected(
+                f"entry {position}: {exc.message}", field=f"entries.{position}.signature"
+            ) from exc
+        except LumbungError as exc:
+            where = f"entries.{position}" + (f".entry.{exc.field}" if exc.field else "")
+            raise type(exc)(f"entry {position}: {exc.message}", field=where) from exc
+
+    def _write(self, entries: list[SignedEntry], start: int) -> None:
+        leaves = [leaf_bytes(signed) for signed in entries]
+        buffer = _BufferedNodes(self.store, start)
+        MerkleTree(buffer).append_many(leaf_hash(leaf) for leaf in leaves)
+        self.store.append(leaves, buffer.written, start)
+
+    def _sign(self, size: int) -> None:
+        root = self.tree.root(size)
+        cp = Checkpoint(origin=self.origin, size=size, root=root)
+        self.store.put_checkpoint(size, sign_checkpoint(cp, self.identity))
+
+    def _ensure_checkpoint(self) -> None:
+        """Sign the current size if the newest checkpoint is older (a crash between the append
+        and its checkpoint) or there is none yet (a new log: size 0 is a valid tree head).
+
+        ``ConfigError`` if the stored log was signed by another key: a log has one origin, so hubs
+        sharing a database must share the hub key file.
+        """
+        try:
+            signed_size, note = self.store.latest_checkpoint()
+        except NotFound:
+            signed_size = -1
+        else:
+            try:
+                open_checkpoint(note, self.origin, self.identity.public_key_raw)
+            except LumbungError as exc:
+                raise ConfigError(
+                    f"this database's ledger is not signed by this hub's key ({self.origin}): "
+                    "hubs sharing a database must share the hub key file",
+                    field="data_dir",
+                ) from exc
+        if signed_size < self._size:
+            self._sign(self._size)
+
+    def _catch_up(self) -> None:
+        """Replay leaves appended since this process last looked (on start: all of them)."""
+        stored = self.store.ledger_size()
+        while self._size < stored:
+            page = self.store.leaves(self._size, min(self._size + REPLAY_PAGE, stored))
+            for leaf in page:
+                self._ledger.apply(decode_leaf(leaf), treasury=self.treasury, hub=self.treasury)
+                self._size += 1

@@ -1,0 +1,140 @@
+"""The transparency log's HTTP API under /v1/ledger.
+
+Reads are public and unsigned: anyone may audit the log. Writes are signed requests, but the
+request's signer need not be an entry's author: each entry carries its author's own signature.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel
+
+from lumbung.errors import Forbidden, LumbungError, NotFound, Rejected, Unavailable
+from lumbung.hub.auth import context, signed_actor
+from lumbung.hub.context import HubContext
+from lumbung.hub.ledger import LogService
+from lumbung.ledger.entries import SignedEntry, decode_leaf
+from lumbung.ledger.merkle import HASH_SIZE_BYTES
+
+router = APIRouter(prefix="/v1/ledger")
+Actor = Annotated[str, Depends(signed_actor)]
+Ctx = Annotated[HubContext, Depends(context)]
+
+MAX_APPEND_ENTRIES = 1000
+MAX_READ_ENTRIES = 10_000
+
+
+def _log(request: Request) -> LogService:
+    log = context(request).log
+    if log is None:
+        raise Unavailable("this hub keeps no ledger")
+    return log
+
+
+Log = Annotated[LogService, Depends(_log)]
+
+
+class AppendRequest(BaseModel):
+    entries: list[str]  # standard base64 of each leaf (lumbung.ledger.entries.leaf_bytes)
+
+
+def decode_entries(encoded: list[str]) -> list[SignedEntry]:
+    """Parse hostile base64 leaves; an error names the entry and field (``entries.2.entry.at``)."""
+    if not encoded:
+        raise Rejected("no entries to append", field="entries")
+    if len(encoded) > MAX_APPEND_ENTRIES:
+        raise Rejected(f"at most {MAX_APPEND_ENTRIES} entries per request", field="entries")
+    parsed: list[SignedEntry] = []
+    for position, text in enumerate(encoded):
+        try:
+            leaf = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise Rejected(f"entry {position} is not base64", field=f"entries.{position}") from exc
+        try:
+            parsed.append(decode_leaf(leaf))
+        except LumbungError as exc:
+            where = f"entries.{position}" + (f".{exc.field}" if exc.field else "")
+            raise type(exc)(f"entry {position}: {exc.message}", field=where) from exc
+    return parsed
+
+
+@router.post("/entries")
+async def append_entries(body: AppendRequest, _: Actor, log: Log) -> dict[str, list[int]]:
+    return {"indexes": log.append(decode_entries(body.entries))}
+
+
+@router.post("/faucet")
+async def faucet(actor: Actor, ctx: Ctx, log: Log) -> dict[str, int]:
+    amount = ctx.config.faucet_micro
+    if amount <= 0:
+        raise Forbidden("this hub has no faucet (faucet_micro is 0)")
+    return {"index": log.mint(actor, amount), "amount": amount}
+
+
+@router.get("/key")
+async def key(log: Log) -> dict[str, str]:
+    return {"origin": log.origin, "vkey": log.vkey}
+
+
+@router.get("/checkpoint", response_class=PlainTextResponse)
+async def checkpoint(log: Log) -> PlainTextResponse:
+    _, note = log.store.latest_checkpoint()
+    return PlainTextResponse(note)
+
+
+@router.get("/entries")
+async def entries(
+    log: Log, start: Annotated[int, Query(ge=0)], end: Annotated[int, Query(ge=0)]
+) -> dict[str, object]:
+    if end < start:
+        raise Rejected("end must not be below start", field="end")
+    if end - start > MAX_READ_ENTRIES:
+        raise Rejected(f"at most {MAX_READ_ENTRIES} entries per request", field="end")
+    leaves = log.store.leaves(start, end)
+    return {"start": start, "entries": [base64.b64encode(leaf).decode() for leaf in leaves]}
+
+
+@router.get("/proof/inclusion")
+async def inclusion(
+    log: Log,
+    size: Annotated[int, Query(ge=1)],
+    index: Annotated[int | None, Query(ge=0)] = None,
+    leaf_hash: str | None = None,
+) -> dict[str, object]:
+    if leaf_hash is not None and index is None:
+        index = log.store.index_of(_hash_from_hex(leaf_hash))
+    elif index is None or leaf_hash is not None:
+        raise Rejected("give exactly one of index and leaf_hash", field="index")
+    if index >= size:
+        raise NotFound(f"leaf {index} is not in the tree of size {size}", field="index")
+    proof = log.tree.inclusion_proof(index, size)
+    return {"index": index, "size": size, "proof": [h.hex() for h in proof]}
+
+
+@router.get("/proof/consistency")
+async def consistency(
+    log: Log, size1: Annotated[int, Query(ge=1)], size2: Annotated[int, Query(ge=1)]
+) -> dict[str, object]:
+    proof = log.tree.consistency_proof(size1, size2)
+    return {"size1": size1, "size2": size2, "proof": [h.hex() for h in proof]}
+
+
+@router.get("/accounts/{actor_id}")
+async def account(actor_id: str, log: Log) -> dict[str, int]:
+    balance, staked, last_seq = log.account(actor_id)
+    return {"balance": balance, "staked": staked, "last_seq": last_seq}
+
+
+def _hash_from_hex(text: str) -> bytes:
+    try:
+        value = bytes.fromhex(text)
+    except ValueError as exc:
+        raise Rejected("leaf_hash is not hex", field="leaf_hash") from exc
+    if len(value) != HASH_SIZE_BYTES:
+        raise Rejected(f"leaf_hash must be {HASH_SIZE_BYTES} bytes", field="leaf_hash")
+    return value

@@ -1,0 +1,74 @@
+"""The ledger against a real hub process: faucet, a transfer, and ``lumbung ledger verify``.
+
+The auditor runs as the real CLI in a subprocess. Tampering with one stored leaf in the hub's
+SQLite file (the hub then serves the altered bytes) must make the audit fail.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Cluster
+from lumbung.crypto.keys import Identity
+from lumbung.ledger.entries import Transfer, sign_entry
+
+pytestmark = pytest.mark.e2e
+
+FAUCET_MICRO = 3_000_000
+AT_MS = 1_800_000_000_000
+
+
+@pytest.fixture
+def faucet_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Cluster]:
+    """A hub on SQLite whose faucet is on (the hub process inherits the environment)."""
+    monkeypatch.setenv("LUMBUNG_HUB_FAUCET_MICRO", str(FAUCET_MICRO))
+    cluster = Cluster(tmp_path, "")
+    try:
+        cluster.start_hub()
+        yield cluster
+    finally:
+        cluster.close()
+
+
+def _lumbung(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "lumbung", *args, "--hub", cluster.url]
+    argv += ["--data-dir", str(cluster.root / "auditor")]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_verify_passes_on_an_honest_log_and_fails_after_a_leaf_is_tampered(
+    faucet_hub: Cluster,
+) -> None:
+    client = faucet_hub.client
+    assert client.ledger.faucet() == 0
+    payee = Identity.generate().actor_id
+    me = Identity.load_or_create(faucet_hub.root / "client")  # the key faucet_hub.client signs with
+    transfer = Transfer(author=me.actor_id, seq=1, at=AT_MS, to=payee, amount=1_250_000)
+    assert client.ledger.append([sign_entry(transfer, me)]) == [1]
+    assert client.ledger.account(client.actor_id).balance == FAUCET_MICRO - 1_250_000
+
+    first = _lumbung(faucet_hub, "ledger", "verify")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "entries   2" in first.stdout and "ledger verified" in first.stdout
+    again = _lumbung(faucet_hub, "ledger", "verify")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "extends   the last verified head of size 2" in again.stdout
+    proof = _lumbung(faucet_hub, "ledger", "proof", "1")
+    assert proof.returncode == 0 and "inclusion proof verified" in proof.stdout, proof.stderr
+    shown = _lumbung(faucet_hub, "account", payee)
+    assert shown.returncode == 0 and "1.250000 credits" in shown.stdout, shown.stderr
+
+    with sqlite3.connect(faucet_hub.root / "hub" / "hub.sqlite3") as db:
+        (leaf,) = db.execute("SELECT leaf FROM ledger_leaves WHERE idx = 1").fetchone()
+        tampered = leaf.replace(b'"amount":1250000', b'"amount":1250001')
+        assert tampered != leaf
+        db.execute("UPDATE ledger_leaves SET leaf = ? WHERE idx = 1", (tampered,))
+    failed = _lumbung(faucet_hub, "ledger", "verify")
+    assert failed.returncode == 1, failed.stdout + failed.stderr
+    assert "leaf 1" in failed.stderr and "signature" in failed.stderr

@@ -1,0 +1,106 @@
+"""``lumbung.client.audit`` against an in-process log: honest, forked, shrunk, re-keyed, tampered.
+
+The auditor's ``LedgerClient`` is replaced by one that reads a ``LogService`` directly, so each
+test can hand the auditor exactly the history it wants it to see.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from lumbung.client.audit import audit, prove_inclusion
+from lumbung.client.ledger import InclusionProof, LedgerClient
+from lumbung.crypto.keys import Identity
+from lumbung.errors import ProofError, Unauthenticated
+from lumbung.hub.ledger import LogService
+from lumbung.ledger.entries import SignedEntry
+from lumbung.store.ledger import MemoryLedgerStore
+
+
+class InProcessLedger(LedgerClient):
+    def __init__(self, log: LogService, tamper: dict[int, bytes] | None = None) -> None:
+        self._log = log
+        self._tamper = tamper or {}
+
+    def key(self) -> tuple[str, str]:
+        return self._log.origin, self._log.vkey
+
+    def checkpoint(self) -> str:
+        return self._log.store.latest_checkpoint()[1]
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        leaves = self._log.store.leaves(start, end)
+        return [self._tamper.get(start + i, leaf) for i, leaf in enumerate(leaves)]
+
+    def inclusion_proof(
+        self, size: int, *, index: int | None = None, leaf_hash: bytes | None = None
+    ) -> InclusionProof:
+        assert index is not None
+        return InclusionProof(index, size, self._log.tree.inclusion_proof(index, size))
+
+    def consistency_proof(self, size1: int, size2: int) -> list[bytes]:
+        return self._log.tree.consistency_proof(size1, size2)
+
+    def append(self, entries: Sequence[SignedEntry]) -> list[int]:
+        return self._log.append(entries)
+
+
+def _log(key: Identity, mints: int, tag: int = 1) -> LogService:
+    log = LogService(MemoryLedgerStore(), key)
+    for _ in range(mints):
+        log.mint(Identity.generate().actor_id, tag)
+    return log
+
+
+def test_an_honest_log_verifies_and_later_heads_extend_the_pinned_one(tmp_path: Path) -> None:
+    key = Identity.generate()
+    log = _log(key, 5)
+    first = audit(InProcessLedger(log), tmp_path)
+    assert (first.size, first.accounts, first.supply_micro, first.previous_size) == (5, 5, 5, None)
+    for _ in range(4):
+        log.mint(Identity.generate().actor_id, 1)
+    second = audit(InProcessLedger(log), tmp_path)
+    assert (second.size, second.previous_size) == (9, 5)
+    checkpoint, _ = prove_inclusion(InProcessLedger(log), tmp_path, 7)
+    assert checkpoint.size == 9
+
+
+def test_a_forked_history_under_the_same_key_is_refused(tmp_path: Path) -> None:
+    key = Identity.generate()
+    audit(InProcessLedger(_log(key, 3)), tmp_path)
+    fork = _log(key, 6, tag=2)  # sound on its own, but not an extension of what was seen
+    with pytest.raises(ProofError):
+        audit(InProcessLedger(fork), tmp_path)
+
+
+def test_a_shrunk_log_is_refused(tmp_path: Path) -> None:
+    key = Identity.generate()
+    audit(InProcessLedger(_log(key, 4)), tmp_path)
+    with pytest.raises(ProofError, match="shrank"):
+        audit(InProcessLedger(_log(key, 2)), tmp_path)
+
+
+def test_a_changed_log_key_is_refused(tmp_path: Path) -> None:
+    key = Identity.generate()
+    audit(InProcessLedger(_log(key, 2)), tmp_path)
+    honest = _log(key, 2)
+    impostor = _log(Identity.generate(), 2)
+
+    class Rekeyed(InProcessLedger):
+        def key(self) -> tuple[str, str]:
+            return honest.origin, impostor.vkey
+
+    with pytest.raises(Unauthenticated, match="key changed"):
+        audit(Rekeyed(honest), tmp_path)
+
+
+def test_a_tampered_leaf_fails_the_audit(tmp_path: Path) -> None:
+    log = _log(Identity.generate(), 3)
+    leaf = log.store.leaves(1, 2)[0]
+    tampered = leaf.replace(b'"amount":1', b'"amount":2')
+    assert tampered != leaf
+    with pytest.raises(Unauthenticated, match="leaf 1"):
+        audit(InProcessLedger(log, tamper={1: tampered}), tmp_path)
