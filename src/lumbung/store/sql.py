@@ -362,10 +362,12 @@ def _configure_sqlite(engine: Engine) -> None:
         # emit BEGIN ourselves below (SQLAlchemy's documented recipe for pysqlite).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
+        # First, so that switching to WAL below waits for a hub that is migrating instead of
+        # failing at once with "database is locked" (seen with four hubs starting together).
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         # WAL: readers never block the writer; NORMAL is durable at checkpoints and never corrupts.
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
 
