@@ -17,7 +17,9 @@ from lumbung.cli.jobs import DataDirOption, HubOption
 from lumbung.client import Client
 from lumbung.client.audit import audit, prove_inclusion
 from lumbung.config import ClientConfig, load
+from lumbung.ledger.checkpoint import SIG_TYPE_COSIGNATURE_V1
 from lumbung.ledger.merkle import leaf_hash
+from lumbung.ledger.note import parse_vkey
 
 ledger_app = typer.Typer(help="Audit the hub's public ledger.", no_args_is_help=True)
 MICRO_PER_CREDIT = 1_000_000
@@ -34,12 +36,32 @@ def credits(micro: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
+WitnessOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--witness",
+        help="A witness's verifier key (as `lumbung witness` prints it); repeatable.",
+        show_default=False,
+    ),
+]
+MinWitnessesOption = Annotated[
+    int,
+    typer.Option("--min-witnesses", min=0, help="Refuse unless this many witnesses cosigned."),
+]
+
+
 @ledger_app.command("verify")
-def verify(hub: HubOption = None, data_dir: DataDirOption = None) -> None:
+def verify(
+    hub: HubOption = None,
+    data_dir: DataDirOption = None,
+    witness: WitnessOption = None,
+    min_witnesses: MinWitnessesOption = 0,
+) -> None:
     """Download the whole log, check every entry, replay balances and match the signed root."""
     config = _config(hub, data_dir)
+    witness_keys = dict(parse_vkey(text, SIG_TYPE_COSIGNATURE_V1) for text in witness or [])
     with Client.connect(config.hub_url, config) as client:
-        report = audit(client.ledger, config.data_dir.expanduser())
+        report = audit(client.ledger, config.data_dir.expanduser(), witness_keys, min_witnesses)
     console = render.stdout_console()
     console.print(f"log       {report.origin}")
     console.print(f"entries   {report.size} (every signature and sequence number checked)")
@@ -49,6 +71,9 @@ def verify(hub: HubOption = None, data_dir: DataDirOption = None) -> None:
         console.print("pinned    the log's key, on first use")
     else:
         console.print(f"extends   the last verified head of size {report.previous_size}")
+    if witness_keys:
+        count = f"{len(report.witnesses)} of {len(witness_keys)}"
+        console.print(f"witnesses {count} cosigned: {', '.join(report.witnesses) or 'none'}")
     console.print("[bold green]ledger verified[/]")
 
 

@@ -11,20 +11,28 @@ truncates history is caught even when its new history is internally sound.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 
 from lumbung.client.ledger import LedgerClient
 from lumbung.errors import LumbungError, ProofError, Rejected, Unauthenticated
 from lumbung.ids import actor_id
 from lumbung.ledger.balances import Ledger
-from lumbung.ledger.checkpoint import Checkpoint, open_checkpoint
+from lumbung.ledger.checkpoint import (
+    Checkpoint,
+    open_checkpoint,
+    require_witnesses,
+    witnesses_that_signed,
+)
 from lumbung.ledger.entries import decode_leaf
 from lumbung.ledger.merkle import leaf_hash, root, verify_consistency, verify_inclusion
 from lumbung.ledger.note import parse_vkey
 
 PAGE_ENTRIES = 10_000  # the hub's limit per read
 HUB_ORIGIN_PREFIX = "lumbung.hub/"
+_NO_WITNESSES: Mapping[str, bytes] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,7 @@ class AuditReport:
     accounts: int  # actors with a non-zero balance after replay
     supply_micro: int
     previous_size: int | None  # the pinned size the new head was proven consistent with
+    witnesses: tuple[str, ...] = ()  # the given witnesses whose cosignature verified
 
 
 def pin_path(data_dir: Path, origin: str) -> Path:
@@ -96,16 +105,31 @@ def trusted_key(ledger: LedgerClient, data_dir: Path) -> TrustedLog:
 
 
 def signed_checkpoint(ledger: LedgerClient, origin: str, key: bytes) -> Checkpoint:
-    cp = open_checkpoint(ledger.checkpoint(), origin, key)
+    return open_signed(ledger.checkpoint(), origin, key)
+
+
+def open_signed(note: str, origin: str, key: bytes) -> Checkpoint:
+    """The checkpoint in ``note``, signed by the log's key and naming the log ``origin``."""
+    cp = open_checkpoint(note, origin, key)
     if cp.origin != origin:
         raise Unauthenticated(f"checkpoint is for log {cp.origin}, not {origin}", field="origin")
     return cp
 
 
-def audit(ledger: LedgerClient, data_dir: Path) -> AuditReport:
-    """Verify the whole log against its signed checkpoint and the pinned head; raise if not."""
+def audit(
+    ledger: LedgerClient,
+    data_dir: Path,
+    witness_keys: Mapping[str, bytes] = _NO_WITNESSES,
+    min_witnesses: int = 0,
+) -> AuditReport:
+    """Verify the whole log against its signed checkpoint and the pinned head; raise if not.
+
+    With ``witness_keys`` (witness name to Ed25519 key), the checkpoint must also carry valid
+    cosignatures by at least ``min_witnesses`` of them (C2SP tlog-cosignature), or it is refused.
+    """
     log = trusted_key(ledger, data_dir)
-    cp = signed_checkpoint(ledger, log.origin, log.key)
+    note = ledger.checkpoint()
+    cp = open_signed(note, log.origin, log.key)
     treasury = actor_id(log.key)
     replay = Ledger()
     hashes: list[bytes] = []
@@ -122,6 +146,7 @@ def audit(ledger: LedgerClient, data_dir: Path) -> AuditReport:
     if root(hashes) != cp.root:
         raise ProofError(f"the leaves do not hash to the signed root of size {cp.size}")
     _check_extends(ledger, log.pin, cp)
+    require_witnesses(note, witness_keys, min_witnesses)
     save_pin(pin_path(data_dir, log.origin), Pin(log.origin, log.vkey, cp.size, cp.root))
     snapshot = replay.snapshot()
     return AuditReport(
@@ -131,6 +156,7 @@ def audit(ledger: LedgerClient, data_dir: Path) -> AuditReport:
         accounts=len(snapshot.balances),
         supply_micro=snapshot.supply,
         previous_size=None if log.pin is None else log.pin.size,
+        witnesses=tuple(witnesses_that_signed(note, witness_keys)),
     )
 
 

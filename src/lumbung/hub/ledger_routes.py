@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from lumbung.errors import Forbidden, LumbungError, NotFound, Rejected, Unavailable
 from lumbung.hub.auth import context, signed_actor
 from lumbung.hub.context import HubContext
+from lumbung.hub.cosign import add_cosignature
 from lumbung.hub.ledger import LogService
 from lumbung.ledger.entries import SignedEntry, decode_leaf
 from lumbung.ledger.merkle import HASH_SIZE_BYTES
@@ -85,6 +86,16 @@ async def key(log: Log) -> dict[str, str]:
 async def checkpoint(log: Log) -> PlainTextResponse:
     _, note = log.store.latest_checkpoint()
     return PlainTextResponse(note)
+
+
+class CosignRequest(BaseModel):
+    note: str  # the latest checkpoint note with the witness's cosignature/v1 line added
+    vkey: str  # the witness's verifier key (type 0x04); must be the request signer's key
+
+
+@router.post("/cosignatures")
+async def cosignatures(body: CosignRequest, actor: Actor, log: Log) -> dict[str, str]:
+    return {"note": add_cosignature(log, body.note, body.vkey, actor)}
 
 
 @router.get("/entries")
