@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from lumbung.client.audit import audit, prove_inclusion
+from lumbung.client.audit import PROOF_SAMPLE, audit, proof_sample, prove_inclusion
 from lumbung.client.ledger import InclusionProof, LedgerClient
 from lumbung.crypto.keys import Identity
 from lumbung.errors import ProofError, Unauthenticated
@@ -104,3 +104,21 @@ def test_a_tampered_leaf_fails_the_audit(tmp_path: Path) -> None:
     assert tampered != leaf
     with pytest.raises(Unauthenticated, match="leaf 1"):
         audit(InProcessLedger(log, tamper={1: tampered}), tmp_path)
+
+
+def test_an_edited_tree_node_fails_the_audit_though_the_leaves_are_intact(tmp_path: Path) -> None:
+    key = Identity.generate()
+    log = _log(key, 6)
+    store = log.store
+    assert isinstance(store, MemoryLedgerStore)
+    audit(InProcessLedger(log), tmp_path / "before")  # honest: passes
+    key_of_node = (1, 1)  # the node over leaves 2 and 3, on the proof paths of leaves 0, 1, 4, 5
+    store._nodes[key_of_node] = bytes(32)  # behind the hub's back
+    with pytest.raises(ProofError, match="inclusion proof for leaf 0 of 6 fails"):
+        audit(InProcessLedger(log), tmp_path / "after")
+
+
+def test_a_big_log_is_checked_through_an_even_sample_of_its_proofs() -> None:
+    assert proof_sample(5) == [0, 1, 2, 3, 4]
+    sample = proof_sample(1_000_000)
+    assert len(sample) == PROOF_SAMPLE and sample[0] == 0 and sample[-1] == 999_999

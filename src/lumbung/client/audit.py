@@ -31,6 +31,8 @@ from lumbung.ledger.merkle import leaf_hash, root, verify_consistency, verify_in
 from lumbung.ledger.note import parse_vkey
 
 PAGE_ENTRIES = 10_000  # the hub's limit per read
+# Inclusion proofs checked against the stored tree: all of a small log, a spread of a big one.
+PROOF_SAMPLE = 256
 HUB_ORIGIN_PREFIX = "lumbung.hub/"
 _NO_WITNESSES: Mapping[str, bytes] = MappingProxyType({})
 
@@ -145,6 +147,7 @@ def audit(
             hashes.append(leaf_hash(leaf))
     if root(hashes) != cp.root:
         raise ProofError(f"the leaves do not hash to the signed root of size {cp.size}")
+    _check_served_proofs(ledger, cp, hashes)
     _check_extends(ledger, log.pin, cp)
     require_witnesses(note, witness_keys, min_witnesses)
     save_pin(pin_path(data_dir, log.origin), Pin(log.origin, log.vkey, cp.size, cp.root))
@@ -158,6 +161,33 @@ def audit(
         previous_size=None if log.pin is None else log.pin.size,
         witnesses=tuple(witnesses_that_signed(note, witness_keys)),
     )
+
+
+def proof_sample(size: int) -> list[int]:
+    """The leaf indexes whose served inclusion proofs ``audit`` checks.
+
+    Every stored tree node is a sibling on some leaf's path, so checking every leaf's proof
+    checks every node the hub serves proofs from; past ``PROOF_SAMPLE`` leaves an evenly spread
+    sample (first and last included) checks about ``PROOF_SAMPLE * log2(size)`` of them.
+    """
+    if size <= PROOF_SAMPLE:
+        return list(range(size))
+    step = (size - 1) / (PROOF_SAMPLE - 1)
+    return sorted({round(i * step) for i in range(PROOF_SAMPLE)})
+
+
+def _check_served_proofs(ledger: LedgerClient, cp: Checkpoint, hashes: list[bytes]) -> None:
+    """The hub's stored tree must agree with its leaves: an edited node breaks the proofs it is
+    in, which the recomputed root alone cannot see."""
+    for index in proof_sample(cp.size):
+        served = ledger.inclusion_proof(cp.size, index=index)
+        try:
+            verify_inclusion(hashes[index], index, cp.size, served.proof, cp.root)
+        except ProofError as exc:
+            raise ProofError(
+                f"the hub's inclusion proof for leaf {index} of {cp.size} fails: {exc.message}",
+                field="proof",
+            ) from exc
 
 
 def _check_extends(ledger: LedgerClient, pin: Pin | None, cp: Checkpoint) -> None:
