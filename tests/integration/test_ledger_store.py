@@ -9,7 +9,7 @@ import pytest
 from lumbung.errors import NotFound, StaleWrite
 from lumbung.ledger.merkle import leaf_hash, root
 from lumbung.ledger.tree import MemoryNodeStore, MerkleTree, NodeKey
-from lumbung.store.ledger import LedgerStore
+from lumbung.store.ledger import LedgerStore, StoredNodes
 from lumbung.store.protocol import Store
 
 
@@ -45,7 +45,7 @@ def test_append_writes_leaves_nodes_and_size_together(store: Store) -> None:
     assert log.leaves(2, 5) == [first[2], second[0], second[1]]
     assert log.leaves(5, 100) == second[2:]
     everything = [leaf_hash(leaf) for leaf in first + second]
-    tree = MerkleTree(_StoreBacked(log))
+    tree = MerkleTree(StoredNodes(log))
     assert tree.root() == root(everything)
 
 
@@ -110,25 +110,3 @@ def test_an_empty_log_has_size_zero_and_no_leaves(store: Store) -> None:
     assert log.ledger_size() == 0
     assert log.leaves(0, 10) == []
     assert log.nodes([(0, 0)]) == {}
-
-
-class _StoreBacked:
-    """A read-only NodeStore over a LedgerStore, for checking roots."""
-
-    def __init__(self, log: LedgerStore) -> None:
-        self._log = log
-
-    def get(self, level: int, index: int) -> bytes:
-        return self._log.nodes([(level, index)])[(level, index)]
-
-    def get_many(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
-        return self._log.nodes(keys)
-
-    def put_many(self, items: Mapping[NodeKey, bytes]) -> None:
-        raise AssertionError("read only")
-
-    def size(self) -> int:
-        return self._log.ledger_size()
-
-    def set_size(self, n: int) -> None:
-        raise AssertionError("read only")

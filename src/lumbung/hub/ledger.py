@@ -36,7 +36,7 @@ from lumbung.ledger.entries import Mint, SignedEntry, decode_leaf, leaf_bytes, s
 from lumbung.ledger.merkle import leaf_hash
 from lumbung.ledger.note import vkey
 from lumbung.ledger.tree import MerkleTree, NodeKey
-from lumbung.store.ledger import LedgerStore
+from lumbung.store.ledger import LedgerStore, StoredNodes
 
 # Leaves read per query while replaying the log.
 REPLAY_PAGE = 1000
@@ -48,29 +48,7 @@ def origin_of(identity: Identity) -> str:
     return f"lumbung.hub/{identity.actor_id}"
 
 
-class _StoredNodes:
-    """A read-only ``NodeStore`` over the log's store, for roots and proofs."""
-
-    def __init__(self, log: LedgerStore) -> None:
-        self._log = log
-
-    def get(self, level: int, index: int) -> bytes:
-        return self._log.nodes([(level, index)])[(level, index)]
-
-    def get_many(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
-        return self._log.nodes(keys)
-
-    def put_many(self, items: Mapping[NodeKey, bytes]) -> None:
-        raise RuntimeError("the log's tree is written only through LogService.append")
-
-    def size(self) -> int:
-        return self._log.ledger_size()
-
-    def set_size(self, n: int) -> None:
-        raise RuntimeError("the log's tree is written only through LogService.append")
-
-
-class _BufferedNodes(_StoredNodes):
+class _BufferedNodes(StoredNodes):
     """Reads from the store, collects an append's writes so the store can commit them at once."""
 
     def __init__(self, log: LedgerStore, size: int) -> None:
@@ -117,7 +95,7 @@ class LogService:
     @property
     def tree(self) -> MerkleTree:
         """The stored tree, read-only: roots and RFC 9162 proofs."""
-        return MerkleTree(_StoredNodes(self.store))
+        return MerkleTree(StoredNodes(self.store))
 
     def account(self, actor: str) -> tuple[int, int, int]:
         """(balance, staked, last_seq) of ``actor`` after every stored entry."""

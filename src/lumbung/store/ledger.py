@@ -15,6 +15,7 @@ from typing import Protocol
 from lumbung.errors import NotFound, Rejected, StaleWrite
 
 NodeKey = tuple[int, int]  # (level, index), as in lumbung.ledger.tree
+_READ_ONLY = "the log's tree is written only through LedgerStore.append, with its leaves"
 
 
 class LedgerStore(Protocol):
@@ -55,6 +56,33 @@ def check_leaf_parts(
     for index in range(expected_size, expected_size + len(leaves)):
         if (0, index) not in nodes:
             raise Rejected(f"append is missing the leaf hash of leaf {index}", field="nodes")
+
+
+class StoredNodes:
+    """A read-only ``lumbung.ledger.tree.NodeStore`` over a ``LedgerStore``, for roots and proofs:
+    the tree is written only through ``LedgerStore.append``, with its leaves."""
+
+    def __init__(self, log: LedgerStore) -> None:
+        self._log = log
+
+    def get(self, level: int, index: int) -> bytes:
+        return self._log.nodes([(level, index)])[(level, index)]
+
+    def get_many(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
+        return self._log.nodes(keys)
+
+    def put_many(self, items: Mapping[NodeKey, bytes]) -> None:
+        raise RuntimeError(
+            "the log's tree is written only through LedgerStore.append, with its leaves"
+        )
+
+    def size(self) -> int:
+        return self._log.ledger_size()
+
+    def set_size(self, n: int) -> None:
+        raise RuntimeError(
+            "the log's tree is written only through LedgerStore.append, with its leaves"
+        )
 
 
 class MemoryLedgerStore:
