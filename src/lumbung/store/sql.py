@@ -9,6 +9,8 @@ second and the ORM's unit of work would only add overhead to what are single sta
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -362,11 +364,9 @@ def _configure_sqlite(engine: Engine) -> None:
         # emit BEGIN ourselves below (SQLAlchemy's documented recipe for pysqlite).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        # First, so that switching to WAL below waits for a hub that is migrating instead of
-        # failing at once with "database is locked" (seen with four hubs starting together).
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         # WAL: readers never block the writer; NORMAL is durable at checkpoints and never corrupts.
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _switch_to_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.close()
@@ -377,6 +377,24 @@ def _configure_sqlite(engine: Engine) -> None:
         # busy_timeout instead of one failing when it upgrades its read lock.
         immediate = conn.get_execution_options().get(_SQLITE_IMMEDIATE, False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+def _switch_to_wal(cursor: sqlite3.Cursor) -> None:
+    # Switching a file to WAL needs an exclusive lock, and SQLite answers "database is locked" at
+    # once, without its busy handler, when waiting could deadlock: seen in CI with four hubs
+    # opening one new file together. WAL is a property of the file, so whoever comes second
+    # usually finds it set already; otherwise retry until the busy timeout.
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def migrate(engine: Engine) -> None:
