@@ -44,6 +44,8 @@ _START_TIMEOUT_S = 60.0
 # uvicorn finishes open requests on SIGTERM; a server still alive after this is killed.
 _STOP_TIMEOUT_S = 15.0
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+# Credits each benchmark consumer gets: far more than any benchmark's escrow needs.
+FAUCET_MICRO = 10**12
 
 
 def log(message: str) -> None:
@@ -175,7 +177,8 @@ signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 profile = cProfile.Profile()
 profile.enable()
 try:
-    serve(HubConfig(data_dir=Path(sys.argv[1]), port=0, db_url=sys.argv[2]))
+    data_dir, db_url, faucet = Path(sys.argv[1]), sys.argv[2], int(sys.argv[4])
+    serve(HubConfig(data_dir=data_dir, port=0, db_url=db_url, faucet_micro=faucet))
 finally:
     profile.disable()
     profile.dump_stats(sys.argv[3])
@@ -203,11 +206,21 @@ def hub_process(db_url: str = "", *, profile_path: Path | None = None) -> Iterat
                 str(data_dir),
                 "--port",
                 "0",
+                "--faucet-micro",
+                str(FAUCET_MICRO),
             ]
             if db_url:
                 argv += ["--db", db_url]
         else:
-            argv = [sys.executable, "-c", _PROFILED_HUB, str(data_dir), db_url, str(profile_path)]
+            argv = [
+                sys.executable,
+                "-c",
+                _PROFILED_HUB,
+                str(data_dir),
+                db_url,
+                str(profile_path),
+                str(FAUCET_MICRO),
+            ]
         with _server(argv, data_dir / "port", Path(tmp) / "hub.log") as server:
             yield server
 
@@ -341,7 +354,10 @@ def registered_node(hub_url: str, name: str) -> NodeSession:
 
 
 def consumer(hub_url: str) -> Client:
-    return Client(hub_url, Identity.generate(), timeout_s=60.0)
+    """A consumer with the faucet's credits: every submission locks its escrow in the ledger."""
+    client = Client(hub_url, Identity.generate(), timeout_s=60.0)
+    client.ledger.faucet()
+    return client
 
 
 def noop_spec(name: str, count: int) -> JobSpec:

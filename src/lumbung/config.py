@@ -50,6 +50,15 @@ class HubConfig:
     # Micro-credits POST /v1/ledger/faucet mints to whoever signs the request; 0 turns it off.
     # For demos and tests only: a hub with real money keeps this at 0.
     faucet_micro: int = 0
+    # The hub's fee on what providers earn, in basis points (100 = 1%), paid from the job's
+    # escrow to the treasury; the provider receives the rest of its price for kept work.
+    fee_bps: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.fee_bps <= 10_000:
+            raise ConfigError(f"fee_bps must be 0 to 10000, got {self.fee_bps}", field="fee_bps")
+        if self.faucet_micro < 0:
+            raise ConfigError("faucet_micro must not be negative", field="faucet_micro")
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ from lumbung.wire.api import JobView
 
 WORKLOADS = Path(__file__).parent / "workloads"
 LEASE_TIMEOUT_S = 3.0
+# The hub keeps 5% of what providers earn; the faucet gives the test consumer 1,000 credits.
+FEE_BPS = 500
+FAUCET_MICRO = 1_000_000_000
 
 
 def _wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.1):  # type: ignore[no-untyped-def]
@@ -93,6 +96,10 @@ class Cluster:
             str(self.port),
             "--lease-timeout-s",
             str(LEASE_TIMEOUT_S),
+            "--fee-bps",
+            str(FEE_BPS),
+            "--faucet-micro",
+            str(FAUCET_MICRO),
         ]
         if self.db_url:
             argv += ["--db", self.db_url]
@@ -137,6 +144,7 @@ class Cluster:
     def client(self) -> Client:
         if self._client is None:
             self._client = Client(self.url, Identity.load_or_create(self.root / "client"))
+            self._client.ledger.faucet()  # credits for the jobs' escrow
         return self._client
 
     def wait_job(self, job_id: str, timeout_s: float = 120) -> JobView:
@@ -194,7 +202,7 @@ def counter_spec(name: str = "count", **params: object) -> dict[str, object]:
         "grid": grid,
         "checkpoint_interval_s": 1,
         "retries": 1,
-        "max_price_micro_per_hour": 100_000,
+        "max_price_micro_per_hour": 100_000_000,
         "max_runtime_s": 120,
     }
 

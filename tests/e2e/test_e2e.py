@@ -12,7 +12,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import LEASE_TIMEOUT_S, Cluster, counter_spec, wait_for
+from conftest import FAUCET_MICRO, FEE_BPS, LEASE_TIMEOUT_S, Cluster, counter_spec, wait_for
 from lumbung.client import Client
 from lumbung.client.auth import SignedAuth
 from lumbung.crypto.keys import Identity
@@ -55,11 +55,11 @@ def test_a_job_completes_on_a_real_node(cluster: Cluster, tmp_path: Path) -> Non
 def test_kill_9_of_a_node_mid_task_resumes_from_its_checkpoint_elsewhere(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    cluster.start_node("cheap", price_cpu=1_000)
+    cluster.start_node("cheap", price_cpu=3_600_000)  # 1,000 micro-credits a second
     cluster.wait_nodes_online(1)
     job_id = _submit(cluster, steps=30, step_s=0.2)
     task = _running_task(cluster, job_id, min_checkpoints=2)
-    cluster.start_node("dear", price_cpu=5_000)
+    cluster.start_node("dear", price_cpu=18_000_000)
     cluster.nodes["cheap"].kill()  # SIGKILL to its whole process group, task included
     job = cluster.wait_job(job_id)
     assert job.state == "succeeded", cluster.logs()
@@ -69,6 +69,26 @@ def test_kill_9_of_a_node_mid_task_resumes_from_its_checkpoint_elsewhere(
     assert result["started_at_step"] > 0  # resumed from a checkpoint, not from scratch
     work = {w.node_name: w for w in job.work}
     assert work["cheap"].kept_s > 0 and work["dear"].kept_s > 0
+    _assert_paid_only_for_kept_work(cluster, job_id)
+
+
+def _assert_paid_only_for_kept_work(cluster: Cluster, job_id: str) -> None:
+    """Each provider got the cost of its kept work less the hub's fee; the consumer got the rest
+    of the escrow back; lost work (the killed node's time since its last checkpoint) went unpaid."""
+    job = wait_for(
+        lambda: (j := cluster.client.get(job_id)).escrow.remaining_micro == 0 and j,  # type: ignore[union-attr]
+        15,
+        "the escrow to settle",
+    )
+    ledger = cluster.client.ledger
+    for work in job.work:  # one task: one fee per provider, on its kept work's cost
+        fee = work.kept_cost_micro * FEE_BPS // 10_000
+        assert ledger.account(work.node_id).balance == work.kept_cost_micro - fee, work
+    escrow = job.escrow
+    assert escrow.released_micro == sum(w.kept_cost_micro for w in job.work) - escrow.fees_micro
+    assert escrow.locked_micro == escrow.released_micro + escrow.fees_micro + escrow.refunded_micro
+    balance = ledger.account(cluster.client.actor_id).balance
+    assert balance == FAUCET_MICRO - escrow.locked_micro + escrow.refunded_micro
 
 
 def test_hub_killed_and_restarted_mid_job_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:

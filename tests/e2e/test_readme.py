@@ -121,7 +121,10 @@ def test_readme_python_example_runs_as_written(
 ) -> None:
     cwd, env, port = workdir
     hub = subprocess.Popen(
-        [str(BIN / "lumbung"), "hub", "serve", "--data-dir", "hub", "--port", str(port)],
+        [
+            *(str(BIN / "lumbung"), "hub", "serve", "--data-dir", "hub", "--port", str(port)),
+            *("--faucet-micro", "100000000"),
+        ],
         cwd=cwd,
         env=env,
         stdout=subprocess.DEVNULL,

@@ -1,4 +1,4 @@
-"""The hub in-process (Starlette's TestClient over the ASGI app) on every store.
+"""The hub in-process (hubkit.py: Starlette's TestClient over the ASGI app) on every store.
 
 A fake clock drives leases and signatures, so expiry is tested without sleeping.
 """
@@ -6,115 +6,13 @@ A fake clock drives leases and signatures, so expiry is tested without sleeping.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
+from hubkit import LEASE_S, Hub, claim, spec
 
 from lumbung.client.auth import SignedAuth
 from lumbung.config import HubConfig
-from lumbung.crypto.keys import Identity
-from lumbung.hub.app import create_app
-from lumbung.hub.context import HubContext
 from lumbung.hub.leases import MAX_LOST_LEASES, expire_leases, grace_after_restart
-from lumbung.store.blobs import MemoryBlobStore
-from lumbung.store.protocol import Store
-
-LEASE_S = 10.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@dataclass
-class Actor:
-    identity: Identity
-    http: TestClient
-    clock: FakeClock
-
-    @property
-    def id(self) -> str:
-        return self.identity.actor_id
-
-    def call(self, method: str, path: str, json: Any = None, expect: int = 200) -> Any:
-        response = self.http.request(
-            method, path, json=json, auth=SignedAuth(self.identity, clock=self.clock)
-        )
-        assert response.status_code == expect, response.text
-        return response.json() if response.content else None
-
-    def upload(self, data: bytes, expect: int = 201) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        response = self.http.put(
-            f"/v1/blobs/{sha}",
-            content=data,
-            headers={"x-lumbung-streamed": "1"},
-            auth=SignedAuth(self.identity, clock=self.clock),
-        )
-        assert response.status_code == expect, response.text
-        return sha
-
-
-@dataclass
-class Hub:
-    ctx: HubContext
-    http: TestClient
-    clock: FakeClock
-
-    def actor(self) -> Actor:
-        return Actor(Identity.generate(), self.http, self.clock)
-
-    def node(self, name: str, price_cpu: int = 10_000, cpus: int = 4) -> Actor:
-        node = self.actor()
-        node.call(
-            "POST",
-            "/v1/nodes/register",
-            {
-                "name": name,
-                "inventory": {"cpus": cpus, "memory_mib": 8192, "disk_free_mib": 50_000},
-                "price_micro_per_gpu_hour": 0,
-                "price_micro_per_cpu_hour": price_cpu,
-                "slots": 1,
-            },
-        )
-        return node
-
-
-@pytest.fixture
-def hub(store: Store, tmp_path: Any) -> Hub:
-    clock = FakeClock()
-    config = HubConfig(data_dir=tmp_path, lease_timeout_s=LEASE_S, cheaper_node_grace_s=2.0)
-    ctx = HubContext(config=config, store=store, blobs=MemoryBlobStore(), clock=clock)
-    return Hub(ctx, TestClient(create_app(ctx, reaper=False)), clock)
-
-
-def spec(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": "t",
-        "command": ["python", "-c", "print({x})"],
-        "grid": {"x": [1]},
-        "max_price_micro_per_hour": 50_000,
-        "retries": 1,
-        "outputs": [],
-    }
-    base.update(overrides)
-    return base
-
-
-def claim(node: Actor) -> dict[str, Any] | None:
-    result: dict[str, Any] | None = node.call("POST", "/v1/tasks/claim", {"wait_s": 0})[
-        "assignment"
-    ]
-    return result
 
 
 def test_job_runs_from_submit_to_results(hub: Hub) -> None:
@@ -122,7 +20,7 @@ def test_job_runs_from_submit_to_results(hub: Hub) -> None:
     consumer = hub.actor()
     code = consumer.upload(b"print('hello')")
     body = spec(inputs=[{"name": "main.py", "sha256": code}], outputs=["out.txt"])
-    submitted = consumer.call("POST", "/v1/jobs", {"spec": body}, expect=201)
+    submitted = consumer.submit(body, expect=201)
     job_id = submitted["job"]["id"]
     assert submitted["plan"]["fits"][0]["node_id"] == node.id
 
@@ -170,7 +68,7 @@ def test_job_runs_from_submit_to_results(hub: Hub) -> None:
 def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> None:
     first = hub.node("cheap", price_cpu=1_000)
     consumer = hub.actor()
-    job_id = consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)["job"]["id"]
+    job_id = consumer.submit(spec(), expect=201)["job"]["id"]
     task = claim(first)
     assert task is not None
     ckpt = first.upload(b"epoch-3")
@@ -216,7 +114,7 @@ def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> No
 def test_failed_task_is_retried_then_fails_the_job_with_its_last_log_lines(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    job_id = consumer.call("POST", "/v1/jobs", {"spec": spec(retries=1)}, expect=201)["job"]["id"]
+    job_id = consumer.submit(spec(retries=1), expect=201)["job"]["id"]
     for attempt in (1, 2):
         task = claim(node)
         assert task is not None and task["attempt"] == attempt
@@ -241,7 +139,7 @@ def test_failed_task_is_retried_then_fails_the_job_with_its_last_log_lines(hub: 
 def test_cancel_reaches_the_node_in_its_next_heartbeat(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    job_id = consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)["job"]["id"]
+    job_id = consumer.submit(spec(), expect=201)["job"]["id"]
     task = claim(node)
     assert task is not None
     beat = {"tasks": [{"task_id": task["task_id"], "attempt": 1, "progress": 0.1}]}
@@ -255,7 +153,7 @@ def test_cheapest_idle_node_gets_the_task_first(hub: Hub) -> None:
     dear = hub.node("dear", price_cpu=9_000)
     cheap = hub.node("cheap", price_cpu=1_000)
     consumer = hub.actor()
-    consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)
+    consumer.submit(spec(), expect=201)
     assert claim(dear) is None
     assert claim(cheap) is not None
 
@@ -264,7 +162,7 @@ def test_a_job_nothing_can_run_is_queued_and_says_why(hub: Hub) -> None:
     hub.node("small", cpus=2)
     consumer = hub.actor()
     big = spec(resources={"cpus": 64})
-    submitted = consumer.call("POST", "/v1/jobs", {"spec": big}, expect=201)
+    submitted = consumer.submit(big, expect=201)
     assert submitted["job"]["state"] == "queued"
     assert "too_few_cpus" in submitted["job"]["waiting_reason"]
     plan = consumer.call("POST", "/v1/jobs/plan", {"spec": big})
@@ -273,7 +171,7 @@ def test_a_job_nothing_can_run_is_queued_and_says_why(hub: Hub) -> None:
 
 def test_bad_spec_is_refused_naming_the_field(hub: Hub) -> None:
     consumer = hub.actor()
-    body = consumer.call("POST", "/v1/jobs", {"spec": spec(resources={"cpus": 0})}, expect=422)
+    body = consumer.submit(spec(resources={"cpus": 0}), expect=422)
     assert body["field"] == "spec.resources.cpus"
     assert consumer.call("GET", "/v1/jobs") == []
 
@@ -283,11 +181,11 @@ def test_unsigned_forged_and_replayed_requests_change_nothing(hub: Hub) -> None:
     response = hub.http.post("/v1/jobs", json={"spec": spec()})
     assert response.status_code == 401 and "missing signature" in response.json()["message"]
 
-    request = hub.http.build_request("POST", "/v1/jobs", json={"spec": spec()})
+    body = {"spec": spec(), "escrow": consumer.escrow(spec())}
+    request = hub.http.build_request("POST", "/v1/jobs", json=body)
     signed = next(SignedAuth(consumer.identity, clock=hub.clock).auth_flow(request))
-    forged = hub.http.build_request(
-        "POST", "/v1/jobs", json={"spec": spec(name="evil")}, headers=dict(signed.headers)
-    )
+    evil = {**body, "spec": spec(name="evil")}
+    forged = hub.http.build_request("POST", "/v1/jobs", json=evil, headers=dict(signed.headers))
     forged.headers["content-digest"] = signed.headers["content-digest"]
     response = hub.http.send(forged)
     assert response.status_code == 401, response.text
@@ -301,7 +199,7 @@ def test_unsigned_forged_and_replayed_requests_change_nothing(hub: Hub) -> None:
 def test_nodes_and_consumers_act_only_on_their_own_objects(hub: Hub) -> None:
     holder, thief = hub.node("n1"), hub.node("n2")
     owner, other = hub.actor(), hub.actor()
-    job_id = owner.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)["job"]["id"]
+    job_id = owner.submit(spec(), expect=201)["job"]["id"]
     hub.clock.advance(5.0)  # past the cheaper-node grace: whichever node asks first gets it
     task = claim(holder)
     assert task is not None
@@ -344,7 +242,7 @@ def test_uploads_must_match_their_name_and_size_limit(hub: Hub) -> None:
 def test_checkpoint_must_extend_the_chain(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)
+    consumer.submit(spec(), expect=201)
     task = claim(node)
     assert task is not None
     a, b = node.upload(b"a"), node.upload(b"b")
@@ -380,7 +278,7 @@ def test_a_failed_task_is_retried_on_another_node_when_one_is_free(hub: Hub) -> 
     cheap = hub.node("cheap", price_cpu=1_000)
     dear = hub.node("dear", price_cpu=9_000)
     consumer = hub.actor()
-    consumer.call("POST", "/v1/jobs", {"spec": spec(retries=2)}, expect=201)
+    consumer.submit(spec(retries=2), expect=201)
     task = claim(cheap)
     assert task is not None
     cheap.call(
@@ -398,7 +296,7 @@ def test_a_failed_task_is_retried_on_another_node_when_one_is_free(hub: Hub) -> 
 def test_a_restarted_hub_gives_running_leases_time_to_be_renewed(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)
+    consumer.submit(spec(), expect=201)
     task = claim(node)
     assert task is not None
     hub.clock.advance(LEASE_S * 5)  # the hub was down; nobody could renew
@@ -412,7 +310,7 @@ def test_an_oversized_json_body_is_refused_before_it_is_read(hub: Hub) -> None:
     consumer = hub.actor()
     limit = hub.ctx.config.max_body_bytes
     huge = spec(name="x", env={"PAD": "y" * (limit + 1)})
-    body = consumer.call("POST", "/v1/jobs", {"spec": huge}, expect=413)
+    body = consumer.submit(huge, expect=413)
     assert body["field"] == "body"
 
     def chunks():  # type: ignore[no-untyped-def]
@@ -427,7 +325,7 @@ def test_an_oversized_json_body_is_refused_before_it_is_read(hub: Hub) -> None:
 def test_a_task_that_keeps_losing_its_node_fails_instead_of_cycling_for_ever(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    job_id = consumer.call("POST", "/v1/jobs", {"spec": spec()}, expect=201)["job"]["id"]
+    job_id = consumer.submit(spec(), expect=201)["job"]["id"]
     for _ in range(MAX_LOST_LEASES):
         assert claim(node) is not None
         hub.clock.advance(LEASE_S + 1)

@@ -135,7 +135,7 @@ def test_forged_replayed_overspending_and_unauthorised_entries_change_nothing(hu
     message = _refused(hub, [good, overspend], 422, "entries.1.entry.amount")
     assert "insufficient funds" in message
     hub.append(bob, [good])
-    assert "replayed" in _refused(hub, [good], 409, "entries.0")
+    assert "replayed" in _refused(hub, [good], 409, "entries.0.entry.seq")
     mallory = Identity.generate()
     mint = sign_entry(
         Mint(author=mallory.actor_id, seq=1, at=AT_MS, to=mallory.actor_id, amount=10), mallory

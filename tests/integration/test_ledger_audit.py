@@ -7,23 +7,36 @@ test can hand the auditor exactly the history it wants it to see.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from lumbung.client import audit as audit_module
 from lumbung.client.audit import PROOF_SAMPLE, audit, proof_sample, prove_inclusion
-from lumbung.client.ledger import InclusionProof, LedgerClient
+from lumbung.client.ledger import Account, InclusionProof, LedgerClient
 from lumbung.crypto.keys import Identity
 from lumbung.errors import ProofError, Unauthenticated
 from lumbung.hub.ledger import LogService
-from lumbung.ledger.entries import SignedEntry
+from lumbung.ledger.entries import SignedEntry, decode_leaf, leaf_bytes
 from lumbung.store.ledger import MemoryLedgerStore
 
 
 class InProcessLedger(LedgerClient):
-    def __init__(self, log: LogService, tamper: dict[int, bytes] | None = None) -> None:
+    def __init__(
+        self,
+        log: LogService,
+        tamper: dict[int, bytes] | None = None,
+        misreport: dict[str, Account] | None = None,
+    ) -> None:
         self._log = log
         self._tamper = tamper or {}
+        self._misreport = misreport or {}
+
+    def balances(self) -> tuple[int, dict[str, Account]]:
+        size, reported = self._log.balances()
+        accounts = {actor: Account(*values) for actor, values in reported.items()}
+        return size, {**accounts, **self._misreport}
 
     def key(self) -> tuple[str, str]:
         return self._log.origin, self._log.vkey
@@ -122,3 +135,47 @@ def test_a_big_log_is_checked_through_an_even_sample_of_its_proofs() -> None:
     assert proof_sample(5) == [0, 1, 2, 3, 4]
     sample = proof_sample(1_000_000)
     assert len(sample) == PROOF_SAMPLE and sample[0] == 0 and sample[-1] == 999_999
+
+
+def test_a_balance_the_hub_misreports_fails_the_audit(tmp_path: Path) -> None:
+    key = Identity.generate()
+    log = _log(key, 3)
+    rich = Identity.generate().actor_id
+    log.mint(rich, 7)
+    audit(InProcessLedger(log), tmp_path)
+    inflated = InProcessLedger(log, misreport={rich: Account(8, 0, 0)})
+    with pytest.raises(ProofError, match=f"reports {rich} at balance 8"):
+        audit(inflated, tmp_path)
+    invented = InProcessLedger(log, misreport={Identity.generate().actor_id: Account(1, 0, 0)})
+    with pytest.raises(ProofError, match="replaying its log gives 0"):
+        audit(invented, tmp_path)
+
+
+def test_entries_appended_after_the_checkpoint_are_replayed_before_comparing(
+    tmp_path: Path,
+) -> None:
+    log = _log(Identity.generate(), 2)
+
+    class Racing(InProcessLedger):
+        """A hub that appends one more entry between the auditor's two reads."""
+
+        def balances(self) -> tuple[int, dict[str, Account]]:
+            log.mint(Identity.generate().actor_id, 5)
+            return super().balances()
+
+    report = audit(Racing(log), tmp_path)
+    assert report.size == 2  # the signed size it proved; the third entry is checked, not pinned
+
+
+def test_signatures_checked_in_worker_processes_catch_a_forged_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(audit_module, "PARALLEL_MIN_LEAVES", 2)
+    monkeypatch.setattr(audit_module.os, "cpu_count", lambda: 2)
+    log = _log(Identity.generate(), 9)
+    assert audit(InProcessLedger(log), tmp_path).size == 9
+    honest = decode_leaf(log.store.leaves(6, 7)[0])
+    forged = replace(honest, signature=bytes(64))
+    tampered = InProcessLedger(log, tamper={6: leaf_bytes(forged)})
+    with pytest.raises(Unauthenticated, match="leaf 6"):
+        audit(tampered, tmp_path / "fresh")

@@ -106,7 +106,9 @@ def test_a_job_lifecycle_moves_money_and_conserves_it() -> None:
     assert ledger.balance(PROVIDER.actor_id) == 500
     assert ledger.staked(PROVIDER.actor_id) == 0
     assert ledger.balance(TREASURY.actor_id) == 150  # the fee and the slash
-    assert ledger.escrow(JOBS[0]) == EscrowState(1000, 600, 300, 50, 50, CONSUMER.actor_id)
+    assert ledger.escrow(JOBS[0]) == EscrowState(
+        1000, 600, 300, 50, 50, CONSUMER.actor_id, {(TASK, PROVIDER.actor_id): 600}, AT_MS
+    )
     assert ledger.supply() == 1000
     ledger.check_invariants()
 
@@ -394,7 +396,7 @@ class LedgerMachine(RuleBasedStateMachine):
         )
         if self.submit(author, EscrowLock, ok, job_id=job_id, amount=amount):
             self.model.balances[author.actor_id] -= amount
-            escrow = escrow or EscrowState(0, 0, 0, 0, 0, author.actor_id)
+            escrow = escrow or EscrowState(0, 0, 0, 0, 0, author.actor_id, {}, AT_MS)
             self.model.escrows[job_id] = replace(
                 escrow, locked=escrow.locked + amount, remaining=escrow.remaining + amount
             )
@@ -405,6 +407,10 @@ class LedgerMachine(RuleBasedStateMachine):
         body = {"task_id": TASK, "reason": "task completed"}
         if self.submit(author, Release, ok, job_id=job_id, to=to.actor_id, amount=amount, **body):
             self.model.pay_out(job_id, "released", amount)
+            escrow = self.model.escrows[job_id]
+            released_by = dict(escrow.released_by)
+            released_by[(TASK, to.actor_id)] = released_by.get((TASK, to.actor_id), 0) + amount
+            self.model.escrows[job_id] = replace(escrow, released_by=released_by)
             self._credit(to.actor_id, amount)
 
     @rule(author=mostly_hub, job_id=jobs, to=users, amount=amounts)

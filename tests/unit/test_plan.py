@@ -131,7 +131,8 @@ def test_job_worst_case_is_at_its_own_price_limit_for_every_task() -> None:
     s = spec(max_price=1_000_001, max_runtime_s=1800, grid={"lr": [1, 2, 3]}, count=2)
     plan = make_plan(s, [])
     assert plan.task_count == 6
-    assert plan.max_cost_micro == 3_000_003  # 1_000_001 * 0.5 h * 6 = 3_000_003 exactly
+    # 1_000_001 * 0.5 h = 500_000.5 per task, rounded up per task (each task's budget): x 6.
+    assert plan.max_cost_micro == 3_000_006
 
 
 def test_job_worst_case_rounds_up() -> None:

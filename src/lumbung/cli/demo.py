@@ -3,8 +3,12 @@
 What it shows, end to end with real processes on 127.0.0.1: a plan that explains itself, three
 providers at different prices, a node dying (``kill -9``) while it runs a task, the hub's lease
 expiring and another node resuming that task from its last checkpoint, and the bill: who ran what,
-at what price, and what the failure cost. Exit code 0 only if the sweep succeeded and the killed
-task resumed from a checkpoint rather than from scratch.
+at what price, and what the failure cost. Every credit moves through the hub's public ledger: the
+consumer's escrow is locked at submit, providers are paid for the work they keep (the killed node
+only up to its last checkpoint), the hub keeps its fee, and the rest is refunded. The demo ends by
+auditing the ledger from outside (``lumbung ledger verify``) and printing the settlement. Exit
+code 0 only if the sweep succeeded, the killed task resumed from a checkpoint rather than from
+scratch, the escrow settled to the last micro-credit, and the audit passed.
 """
 
 from __future__ import annotations
@@ -33,13 +37,20 @@ from rich.text import Text
 from lumbung.cli import render
 from lumbung.cli.jobs import all_logs, watch_job
 from lumbung.client import Client
+from lumbung.client.audit import audit
 from lumbung.config import ClientConfig
 from lumbung.errors import Unavailable
 from lumbung.wire.api import JobView, Results
 from lumbung.wire.spec import JobSpec, parse_spec
 
-# Three providers, cheapest first: micro-credits per CPU-core-hour.
-NODE_PRICES = {"node-a": 8_000, "node-b": 12_000, "node-c": 20_000}
+# Three providers, cheapest first: micro-credits per CPU-core-hour (0.8, 1.2 and 2 credits).
+NODE_PRICES = {"node-a": 800_000, "node-b": 1_200_000, "node-c": 2_000_000}
+MAX_PRICE_MICRO_PER_HOUR = 5_000_000
+# The hub keeps 5% of what providers earn; its faucet gives the consumer 100 credits.
+FEE_BPS = 500
+FAUCET_MICRO = 100_000_000
+# Settlement follows the job's last report within a request; this is ample.
+SETTLE_TIMEOUT_S = 15.0
 HIDDEN_SIZES = [32, 64, 128]
 LEARNING_RATES = [0.003, 0.01]
 # Short leases so the demo need not wait long for the hub to notice the dead node.
@@ -169,8 +180,8 @@ def sweep_spec_text(max_tasks: int) -> str:
         "grid": {"hidden": HIDDEN_SIZES[:hidden_count], "lr": LEARNING_RATES[:lr_count]},
         "checkpoint_interval_s": 2,
         "retries": 2,
-        "max_price_micro_per_hour": 50_000,
-        "max_runtime_s": 300,
+        "max_price_micro_per_hour": MAX_PRICE_MICRO_PER_HOUR,
+        "max_runtime_s": 360,
         "resources": {"cpus": 1, "memory_gb": 2},
     }
     return yaml.safe_dump(spec, sort_keys=False)
@@ -189,6 +200,10 @@ def start_cluster(cluster: Cluster, console: Console) -> str:
         "0",
         "--lease-timeout-s",
         lease,
+        "--fee-bps",
+        str(FEE_BPS),
+        "--faucet-micro",
+        str(FAUCET_MICRO),
     ]
     cluster.start("hub", hub_args)
     port = _wait_for_port(cluster, hub_dir / "port")
@@ -292,8 +307,12 @@ def run_sweep(cluster: Cluster, client: Client, console: Console, max_tasks: int
     spec: JobSpec = parse_spec(spec_path.read_text())
     console.print(f"\nspec written to {spec_path}")
     console.print(render.plan_view(client.plan(spec, base_dir=cluster.root)))
-    job_id = client.submit(spec, base_dir=cluster.root).job.id
-    console.print(f"submitted [bold]{job_id}[/] ({spec.task_count()} tasks)\n")
+    client.ledger.faucet()
+    submitted = client.submit(spec, base_dir=cluster.root).job
+    job_id = submitted.id
+    console.print(f"submitted [bold]{job_id}[/] ({spec.task_count()} tasks)")
+    if submitted.escrow is not None:
+        console.print(f"{render.escrow_line(submitted.escrow)}\n")
     killer = NodeKiller(cluster, names, console)
     job = watch_job(client, job_id, console, on_tick=killer.tick)
     names.update({n.id: n.name for n in client.nodes()})
@@ -301,8 +320,67 @@ def run_sweep(cluster: Cluster, client: Client, console: Console, max_tasks: int
     console.print(results_view(client, job, results, names, cluster.root / "results"))
     console.print(render.work_table(job.work))
     resumed = failure_report(client, job, killer.killed, console)
+    settled = settlement_report(client, job_id, names, cluster.root / "auditor", console)
     console.print(Text(f"job {job_id}: ").append_text(render.state_text(job.state)))
-    return 0 if job.state == "succeeded" and resumed else 1
+    return 0 if job.state == "succeeded" and resumed and settled else 1
+
+
+def settlement_report(
+    client: Client, job_id: str, names: dict[str, str], audit_dir: Path, console: Console
+) -> bool:
+    """Audit the ledger from outside, then print who was paid what; True if it all adds up."""
+    job = _settled_job(client, job_id)
+    report = audit(client.ledger, audit_dir)
+    console.print(
+        f"[bold]Ledger verified:[/] {report.size} entries, every signature and sequence number "
+        f"checked, balances replayed, root {report.root.hex()[:16]}... matches the hub's signed "
+        "checkpoint."
+    )
+    escrow = job.escrow
+    if escrow is None or escrow.remaining_micro != 0:
+        console.print("[red]the job's escrow did not settle[/]")
+        return False
+    table = Table(title="Settlement (from the ledger)")
+    for column in ("provider", "kept s", "lost s", "earned", "hub fee", "received"):
+        table.add_column(column, justify="left" if column == "provider" else "right")
+    received_total = 0
+    for work in job.work:
+        received = client.ledger.account(work.node_id).balance
+        received_total += received
+        table.add_row(
+            names.get(work.node_id, work.node_id),
+            f"{work.kept_s:.1f}",
+            f"{work.lost_s:.1f}",
+            render.format_credits(work.kept_cost_micro),
+            render.format_credits(work.kept_cost_micro - received),
+            render.format_credits(received),
+        )
+    refunded = escrow.refunded_micro
+    table.caption = (
+        f"consumer: locked {render.format_credits(escrow.locked_micro)}, paid "
+        f"{render.format_credits(escrow.released_micro + escrow.fees_micro)} for kept work "
+        f"(of which the hub's fee {render.format_credits(escrow.fees_micro)}), refunded "
+        f"{render.format_credits(refunded)}"
+    )
+    console.print(table)
+    adds_up = received_total == escrow.released_micro and (
+        escrow.released_micro + escrow.fees_micro + refunded == escrow.locked_micro
+    )
+    if not adds_up:
+        console.print("[red]the providers' balances do not add up to the escrow's releases[/]")
+    return adds_up
+
+
+def _settled_job(client: Client, job_id: str) -> JobView:
+    """The job once its escrow holds nothing: settlement runs just after the last report."""
+    deadline = time.monotonic() + SETTLE_TIMEOUT_S
+    while True:
+        job = client.get(job_id)
+        if job.escrow is None or job.escrow.remaining_micro == 0:
+            return job
+        if time.monotonic() >= deadline:
+            return job
+        time.sleep(0.2)
 
 
 @contextmanager

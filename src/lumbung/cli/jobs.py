@@ -159,11 +159,15 @@ def submit(
         console = render.stdout_console()
         console.print(render.plan_view(response.plan))
         console.print(f"submitted [bold]{response.job.id}[/] ({len(response.job.tasks)} tasks)")
+        if response.job.escrow is not None:
+            console.print(render.escrow_line(response.job.escrow))
         if not watch:
             return
         job = watch_job(client, response.job.id, console)
     if job.work:
         console.print(render.work_table(job.work))
+    if job.escrow is not None:
+        console.print(render.escrow_line(job.escrow))
     if job.state != "succeeded":
         raise typer.Exit(1)
 

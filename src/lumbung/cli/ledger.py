@@ -94,18 +94,76 @@ def proof(
     console.print("[bold green]inclusion proof verified[/]")
 
 
+def parse_credits(text: str) -> int:
+    """Credits as typed ("1.5") to exact micro-credits (1_500_000), never through a float."""
+    whole, _, fraction = text.strip().partition(".")
+    if not whole.isdigit() and not (whole == "" and fraction.isdigit()):
+        raise typer.BadParameter(f"{text!r} is not an amount of credits like 12 or 1.5")
+    if fraction and (not fraction.isdigit() or len(fraction) > 6):
+        raise typer.BadParameter(f"{text!r}: credits have at most 6 decimal places")
+    micro = int(whole or "0") * MICRO_PER_CREDIT + int(fraction.ljust(6, "0") or "0")
+    if micro <= 0:
+        raise typer.BadParameter("the amount must be above zero")
+    return micro
+
+
+AmountArgument = Annotated[str, typer.Argument(help="Credits, e.g. 10 or 2.5.")]
+
+
+@ledger_app.command("faucet")
+def faucet(hub: HubOption = None, data_dir: DataDirOption = None) -> None:
+    """Ask a demo hub's faucet for credits (a real hub has none)."""
+    config = _config(hub, data_dir)
+    with Client.connect(config.hub_url, config) as client:
+        index = client.ledger.faucet()
+        state = client.ledger.account(client.actor_id)
+    render.stdout_console().print(
+        f"minted at entry {index}; balance {credits(state.balance)} credits"
+    )
+
+
+@ledger_app.command("stake")
+def stake(amount: AmountArgument, hub: HubOption = None, data_dir: DataDirOption = None) -> None:
+    """Lock credits as a provider's stake (run with the node's --data-dir to stake as the node)."""
+    _move_stake(amount, hub, data_dir, unstake=False)
+
+
+@ledger_app.command("unstake")
+def unstake(amount: AmountArgument, hub: HubOption = None, data_dir: DataDirOption = None) -> None:
+    """Return stake to the balance; refused while the node holds a lease."""
+    _move_stake(amount, hub, data_dir, unstake=True)
+
+
+def _move_stake(amount: str, hub: str | None, data_dir: Path | None, *, unstake: bool) -> None:
+    micro = parse_credits(amount)
+    config = _config(hub, data_dir)
+    with Client.connect(config.hub_url, config) as client:
+        move = client.ledger.unstake if unstake else client.ledger.stake
+        index = move(micro)
+        state = client.ledger.account(client.actor_id)
+    render.stdout_console().print(
+        f"{'unstaked' if unstake else 'staked'} {credits(micro)} at entry {index}; "
+        f"balance {credits(state.balance)}, staked {credits(state.staked)} credits"
+    )
+
+
 def account(
     actor: Annotated[str | None, typer.Argument(help="Actor id; default: your own.")] = None,
+    entries: Annotated[
+        int, typer.Option("--entries", min=0, max=100, help="How many recent entries to show.")
+    ] = 20,
     hub: HubOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Show an actor's balance as the hub's replay of its log has it."""
+    """Show an actor's balance as the hub's replay of its log has it, with its newest entries."""
     config = _config(hub, data_dir)
     with Client.connect(config.hub_url, config) as client:
         who = actor or client.actor_id
-        state = client.ledger.account(who)
+        state = client.ledger.account(who, entries=entries)
     console = render.stdout_console()
     console.print(f"actor     {who}")
     console.print(f"balance   {credits(state.balance)} credits")
     console.print(f"staked    {credits(state.staked)} credits")
     console.print(f"last seq  {state.last_seq}")
+    if state.entries:
+        console.print(render.account_entries(who, state.entries))

@@ -91,6 +91,12 @@ def hub_serve(
     lease_timeout_s: Annotated[
         float | None, typer.Option(help="Seconds before an unrenewed lease expires.")
     ] = None,
+    fee_bps: Annotated[
+        int | None, typer.Option(help="Hub fee on providers' earnings, basis points.")
+    ] = None,
+    faucet_micro: Annotated[
+        int | None, typer.Option(help="Faucet mint per request (demos only); 0 = off.")
+    ] = None,
     config: ConfigOption = None,
 ) -> None:
     """Serve the hub's API until interrupted (flags > LUMBUNG_HUB_* > --config)."""
@@ -100,6 +106,8 @@ def hub_serve(
         "port": port,
         "db_url": db,
         "lease_timeout_s": lease_timeout_s,
+        "fee_bps": fee_bps,
+        "faucet_micro": faucet_micro,
     }
     hub_config = load(HubConfig, env=os.environ, file=config, overrides=overrides)
     from lumbung.hub.server import serve

@@ -18,8 +18,10 @@ from rich.table import Table
 from rich.text import Text
 
 from lumbung.errors import LumbungError
+from lumbung.ledger.entries import Entry, SignedEntry
 from lumbung.market.plan import format_credits
 from lumbung.wire.api import (
+    EscrowView,
     JobSummary,
     JobView,
     LogLine,
@@ -205,7 +207,57 @@ def job_view(job: JobView, node_names: Mapping[str, str]) -> RenderableType:
         parts.append(Text(f"task {task.index}: {task.error}", style="red"))
     if job.work:
         parts.append(work_table(job.work))
+    if job.escrow is not None:
+        parts.append(escrow_line(job.escrow))
     return Group(*parts)
+
+
+def escrow_line(escrow: EscrowView) -> Text:
+    """Where the job's escrow went: paid for kept work, the hub's fee, refunded, still held."""
+    return Text(
+        f"escrow: {format_credits(escrow.locked_micro)} locked, "
+        f"{format_credits(escrow.released_micro)} paid to providers, "
+        f"{format_credits(escrow.fees_micro)} hub fee, "
+        f"{format_credits(escrow.refunded_micro)} refunded, "
+        f"{format_credits(escrow.remaining_micro)} held"
+    )
+
+
+def account_entries(actor: str, entries: Sequence[tuple[int, SignedEntry]]) -> Table:
+    """An account's newest entries, with what each did to the actor's money (+ in, - out)."""
+    table = Table(title="Newest entries")
+    table.add_column("index", justify="right")
+    table.add_column("kind")
+    table.add_column("amount", justify="right")
+    table.add_column("what")
+    for index, signed in entries:
+        entry = signed.entry
+        amount = getattr(entry, "amount", None)
+        table.add_row(
+            str(index),
+            entry.kind.value,
+            "" if amount is None else _signed_amount(actor, entry, amount),
+            _entry_detail(entry),
+        )
+    return table
+
+
+def _signed_amount(actor: str, entry: Entry, amount: int) -> str:
+    to = getattr(entry, "to", None)
+    if to == actor and entry.author != actor:
+        return "+" + format_credits(amount)
+    if entry.author == actor and entry.kind.value in ("transfer", "escrow_lock", "stake"):
+        return "-" + format_credits(amount)
+    return format_credits(amount)  # moves within the actor's own funds, or a job's escrow
+
+
+def _entry_detail(entry: Entry) -> str:
+    names = ("job_id", "to", "node", "task_id")
+    parts = [f"{name} {getattr(entry, name)}" for name in names if hasattr(entry, name)]
+    reason = getattr(entry, "reason", None)
+    if reason:
+        parts.append(str(reason))
+    return ", ".join(parts)
 
 
 def watch_view(

@@ -1,22 +1,27 @@
 """Audit a hub's transparency log from outside, trusting nothing the hub says without proof.
 
-``audit`` downloads every leaf, checks every author's signature and sequence numbers by replaying
-the balances (``lumbung.ledger.Ledger``), recomputes the RFC 9162 Merkle root, and requires it to
-equal the root in the hub's signed checkpoint. The hub's checkpoint key is pinned on first use
-(``<data_dir>/ledger/<origin>.json``) together with the last verified tree head; every later audit
-requires a consistency proof (RFC 9162 section 2.1.4) from that head, so a hub that rewrites or
-truncates history is caught even when its new history is internally sound.
+``audit`` downloads every leaf, checks every author's signature (over all cores for a big log)
+and sequence numbers by replaying the balances (``lumbung.ledger.Ledger``), recomputes the RFC 9162
+Merkle root, and requires it to equal the root in the hub's signed checkpoint. Then it asks the hub
+for every balance it reports and requires the replay to give exactly those. The hub's checkpoint
+key is pinned on first use (``<data_dir>/ledger/<origin>.json``) together with the last verified
+tree head; every later audit requires a consistency proof (RFC 9162 section 2.1.4) from that
+head, so a hub that rewrites or truncates history is caught even when its new history is
+internally sound.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+import multiprocessing
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
-from lumbung.client.ledger import LedgerClient
+from lumbung.client.ledger import Account, LedgerClient
 from lumbung.errors import LumbungError, ProofError, Rejected, Unauthenticated
 from lumbung.ids import actor_id
 from lumbung.ledger.balances import Ledger
@@ -26,7 +31,7 @@ from lumbung.ledger.checkpoint import (
     require_witnesses,
     witnesses_that_signed,
 )
-from lumbung.ledger.entries import decode_leaf
+from lumbung.ledger.entries import decode_leaf, verify_entry
 from lumbung.ledger.merkle import leaf_hash, root, verify_consistency, verify_inclusion
 from lumbung.ledger.note import parse_vkey
 
@@ -34,6 +39,9 @@ PAGE_ENTRIES = 10_000  # the hub's limit per read
 # Inclusion proofs checked against the stored tree: all of a small log, a spread of a big one.
 PROOF_SAMPLE = 256
 HUB_ORIGIN_PREFIX = "lumbung.hub/"
+# Pages at least this big have their signatures checked over every core; smaller ones in-process,
+# where starting worker processes would cost more than it saves.
+PARALLEL_MIN_LEAVES = 4_000
 _NO_WITNESSES: Mapping[str, bytes] = MappingProxyType({})
 
 
@@ -132,26 +140,19 @@ def audit(
     log = trusted_key(ledger, data_dir)
     note = ledger.checkpoint()
     cp = open_signed(note, log.origin, log.key)
-    treasury = actor_id(log.key)
-    replay = Ledger()
-    hashes: list[bytes] = []
-    while len(hashes) < cp.size:
-        page = ledger.entries(len(hashes), min(len(hashes) + PAGE_ENTRIES, cp.size))
-        if not page:
-            raise Rejected(f"the hub served no leaf at {len(hashes)} of {cp.size}", field="entries")
-        for leaf in page:
-            try:
-                replay.apply(decode_leaf(leaf), treasury=treasury, hub=treasury)
-            except LumbungError as exc:
-                raise type(exc)(f"leaf {len(hashes)}: {exc.message}", field=exc.field) from exc
-            hashes.append(leaf_hash(leaf))
-    if root(hashes) != cp.root:
-        raise ProofError(f"the leaves do not hash to the signed root of size {cp.size}")
-    _check_served_proofs(ledger, cp, hashes)
-    _check_extends(ledger, log.pin, cp)
-    require_witnesses(note, witness_keys, min_witnesses)
+    replay = _Replay(ledger, actor_id(log.key))
+    try:
+        hashes = replay.leaves(0, cp.size)
+        if root(hashes) != cp.root:
+            raise ProofError(f"the leaves do not hash to the signed root of size {cp.size}")
+        _check_served_proofs(ledger, cp, hashes)
+        _check_extends(ledger, log.pin, cp)
+        require_witnesses(note, witness_keys, min_witnesses)
+        _check_reported_balances(ledger, replay, cp.size)
+    finally:
+        replay.close()
     save_pin(pin_path(data_dir, log.origin), Pin(log.origin, log.vkey, cp.size, cp.root))
-    snapshot = replay.snapshot()
+    snapshot = replay.ledger.snapshot()
     return AuditReport(
         origin=log.origin,
         size=cp.size,
@@ -161,6 +162,106 @@ def audit(
         previous_size=None if log.pin is None else log.pin.size,
         witnesses=tuple(witnesses_that_signed(note, witness_keys)),
     )
+
+
+class _Replay:
+    """Downloads leaves, checks their signatures (in parallel when worth it), replays them."""
+
+    def __init__(self, ledger: LedgerClient, treasury: str) -> None:
+        self.client = ledger
+        self.ledger = Ledger()
+        self.size = 0
+        self._treasury = treasury
+        self._pool: ProcessPoolExecutor | None = None
+        self._workers = os.cpu_count() or 1
+
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        """Replay leaves ``start`` to ``end`` (from where the last call stopped); their hashes."""
+        assert start == self.size, "leaves are replayed in order"
+        hashes: list[bytes] = []
+        while self.size < end:
+            page = self.client.entries(self.size, min(self.size + PAGE_ENTRIES, end))
+            if not page:
+                raise Rejected(f"the hub served no leaf at {self.size} of {end}", field="entries")
+            self._check_signatures(page)
+            for leaf in page:
+                try:
+                    signed = decode_leaf(leaf)
+                    self.ledger.apply_verified(signed, treasury=self._treasury, hub=self._treasury)
+                except LumbungError as exc:
+                    raise type(exc)(f"leaf {self.size}: {exc.message}", field=exc.field) from exc
+                hashes.append(leaf_hash(leaf))
+                self.size += 1
+        return hashes
+
+    def _check_signatures(self, page: list[bytes]) -> None:
+        if self._workers < 2 or len(page) < PARALLEL_MIN_LEAVES:
+            failure = _first_bad_signature(page, self.size)
+        else:
+            if self._pool is None:
+                # forkserver, not fork: the caller may have threads (an HTTP client's, a test's).
+                context = multiprocessing.get_context("forkserver")
+                self._pool = ProcessPoolExecutor(self._workers, mp_context=context)
+            step = -(-len(page) // self._workers)
+            starts = range(0, len(page), step)
+            chunks = [page[i : i + step] for i in starts]
+            firsts = [self.size + i for i in starts]
+            failure = next(
+                (f for f in self._pool.map(_first_bad_signature, chunks, firsts) if f), None
+            )
+        if failure is not None:
+            index, message = failure
+            raise Unauthenticated(f"leaf {index}: {message}", field="signature")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+
+
+def _first_bad_signature(leaves: Sequence[bytes], first_index: int) -> tuple[int, str] | None:
+    """(index, why) of the first leaf that does not parse or whose signature fails; else None.
+
+    Runs in worker processes: it returns what failed instead of raising, so nothing has to be
+    pickled back but a short message.
+    """
+    for offset, leaf in enumerate(leaves):
+        try:
+            verify_entry(decode_leaf(leaf))
+        except LumbungError as exc:
+            return first_index + offset, exc.message
+    return None
+
+
+def _check_reported_balances(ledger: LedgerClient, replay: _Replay, signed_size: int) -> None:
+    """Every balance, stake and sequence number the hub reports must be what the replay gives.
+
+    The hub answers at its current size, which may be past the checkpoint if entries arrived
+    meanwhile; those are downloaded and replayed too (signatures and sequence numbers checked;
+    the next audit proves them in the tree).
+    """
+    size, reported = ledger.balances()
+    if size < signed_size:
+        raise ProofError(
+            f"the hub reports balances at size {size}, below its signed checkpoint {signed_size}",
+            field="balances",
+        )
+    replay.leaves(replay.size, size)
+    snapshot = replay.ledger.snapshot()
+    actors = set(snapshot.balances) | set(snapshot.staked) | set(snapshot.seqs) | set(reported)
+    for actor in sorted(actors):
+        mine = Account(
+            snapshot.balances.get(actor, 0),
+            snapshot.staked.get(actor, 0),
+            snapshot.seqs.get(actor, 0),
+        )
+        theirs = reported.get(actor, Account(0, 0, 0))
+        if theirs != mine:
+            raise ProofError(
+                f"the hub reports {actor} at balance {theirs.balance}, staked {theirs.staked}, "
+                f"seq {theirs.last_seq}; replaying its log gives {mine.balance}, {mine.staked}, "
+                f"{mine.last_seq}",
+                field="balances",
+            )
 
 
 def proof_sample(size: int) -> list[int]:

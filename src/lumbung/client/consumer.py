@@ -8,7 +8,9 @@ done = client.wait(job.id, timeout_s=600)
 
 from __future__ import annotations
 
+import base64
 import builtins
+import functools
 import hashlib
 import time
 from pathlib import Path
@@ -20,6 +22,9 @@ from lumbung.client.transport import HubTransport
 from lumbung.config import ClientConfig
 from lumbung.crypto.keys import Identity
 from lumbung.errors import Rejected, Unavailable
+from lumbung.ids import new_id
+from lumbung.ledger.entries import EscrowLock, SignedEntry, leaf_bytes
+from lumbung.market.plan import escrow_micro
 from lumbung.wire.api import JobSummary, JobView, LogLine, NodeView, Plan, Results, SubmitResponse
 from lumbung.wire.spec import InputSpec, JobSpec
 
@@ -56,10 +61,21 @@ class Client:
         return LedgerClient(self._hub)
 
     def submit(self, spec: JobSpec, base_dir: Path = Path(".")) -> SubmitResponse:
-        """Upload the spec's local input files, then submit it; the hub answers with the plan."""
+        """Upload the spec's local input files, then submit it with a signed escrow lock of its
+        worst-case cost; the hub answers with the job and its plan.
+
+        ``Rejected`` (field ``escrow.entry.amount``) if the balance cannot cover the lock.
+        """
         uploaded = _resolve_inputs(spec, base_dir, self._hub.upload_file)
-        body = {"spec": uploaded.model_dump(mode="json")}
-        return SubmitResponse.model_validate(self._hub.call("POST", "/v1/jobs", json=body))
+        lock = functools.partial(EscrowLock, job_id=new_id("job"), amount=escrow_micro(uploaded))
+        spec_json = uploaded.model_dump(mode="json")
+
+        def send(signed: SignedEntry) -> SubmitResponse:
+            leaf = base64.b64encode(leaf_bytes(signed)).decode("ascii")
+            body = {"spec": spec_json, "escrow": leaf}
+            return SubmitResponse.model_validate(self._hub.call("POST", "/v1/jobs", json=body))
+
+        return self.ledger.with_next_seq(lock, send, "escrow.entry.seq")
 
     def plan(self, spec: JobSpec, base_dir: Path = Path(".")) -> Plan:
         """A dry run: which nodes fit and what the job would cost. Uploads nothing."""

@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from lumbung.crypto.keys import Identity
 from lumbung.hub.context import HubContext
 from lumbung.hub.errors import install_error_handlers
+from lumbung.hub.escrow import reconcile
 from lumbung.hub.leases import expire_leases, grace_after_restart
 from lumbung.hub.ledger import LogService
 from lumbung.hub.ledger_routes import router as ledger_router
@@ -25,7 +26,8 @@ _NONCE_SWEEP_S = 60.0
 
 
 async def _reap(ctx: HubContext) -> None:
-    """Return expired leases to the queue, forever; one failure does not stop the reaper."""
+    """Return expired leases to the queue and settle unpaid escrow, forever; one failure does not
+    stop the reaper."""
     since_sweep = 0.0
     while True:
         await asyncio.sleep(ctx.config.reaper_interval_s)
@@ -34,6 +36,7 @@ async def _reap(ctx: HubContext) -> None:
             since_sweep += ctx.config.reaper_interval_s
             if since_sweep >= _NONCE_SWEEP_S:
                 ctx.store.purge_nonces(ctx.clock())
+                reconcile(ctx)
                 since_sweep = 0.0
         except Exception:
             log.exception("lease reaper failed; retrying")
@@ -50,6 +53,9 @@ def create_app(ctx: HubContext, *, reaper: bool = True) -> FastAPI:
         extended = grace_after_restart(ctx)
         if extended:
             log.info("gave %d running lease(s) one lease period to be renewed", extended)
+        settled = reconcile(ctx)
+        if settled:
+            log.info("settled %d ledger entries left unpaid by an earlier stop", settled)
         task = asyncio.create_task(_reap(ctx)) if reaper else None
         try:
             yield

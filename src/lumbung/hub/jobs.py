@@ -6,10 +6,10 @@ A consumer sees and changes only its own jobs (403 otherwise).
 from __future__ import annotations
 
 from lumbung.errors import Conflict, Forbidden, Rejected
+from lumbung.hub import escrow
 from lumbung.hub.context import HubContext
 from lumbung.hub.settle import current_work
 from lumbung.hub.views import job_view
-from lumbung.ids import new_id
 from lumbung.market.fanout import tasks_for, validate_command_placeholders
 from lumbung.market.model import Job, JobState, TaskState
 from lumbung.market.plan import make_plan, waiting_reason
@@ -36,8 +36,13 @@ def plan(ctx: HubContext, spec: JobSpec) -> Plan:
     return make_plan(spec, ctx.snapshots())
 
 
-def submit(ctx: HubContext, owner: str, spec: JobSpec) -> SubmitResponse:
-    """Validate, plan and store the job and its tasks; a job nothing can run waits, saying why."""
+def submit(ctx: HubContext, owner: str, spec: JobSpec, escrow_leaf: str) -> SubmitResponse:
+    """Validate, plan, lock the escrow, then store the job and its tasks.
+
+    A job nothing can run yet is stored and waits, saying why. A short balance refuses the
+    submission before anything is stored; if storing fails after the lock, the lock is refunded.
+    """
+    signed = escrow.decode_escrow(escrow_leaf)
     the_plan = plan(ctx, spec)
     for i, item in enumerate(spec.inputs):
         if item.sha256 is not None and not ctx.blobs.exists(item.sha256):
@@ -45,9 +50,10 @@ def submit(ctx: HubContext, owner: str, spec: JobSpec) -> SubmitResponse:
                 f"input {item.name!r} ({item.sha256}) has not been uploaded",
                 field=f"spec.inputs.{i}.sha256",
             )
+    job_id = escrow.lock(ctx, owner, spec, signed)
     now = ctx.clock()
     job = Job(
-        id=new_id("job"),
+        id=job_id,
         owner=owner,
         name=spec.name,
         spec=spec,
@@ -56,7 +62,11 @@ def submit(ctx: HubContext, owner: str, spec: JobSpec) -> SubmitResponse:
         updated_at=now,
         waiting_reason=waiting_reason(the_plan),
     )
-    ctx.store.create_job(job, tasks_for(job.id, spec, now))
+    try:
+        ctx.store.create_job(job, tasks_for(job.id, spec, now))
+    except BaseException:
+        escrow.undo_lock(ctx, job.id)
+        raise
     ctx.work.notify()
     return SubmitResponse(job=get(ctx, owner, job.id), plan=the_plan)
 
@@ -114,6 +124,7 @@ def cancel(ctx: HubContext, owner: str, job_id: str) -> JobView:
     job.waiting_reason = None
     changes.jobs.append(job)
     ctx.store.apply(changes)
+    escrow.settle_quietly(ctx, job.id)
     return job_view(ctx, job)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from lumbung.errors import NotFound, StaleWrite
+from lumbung.hub import escrow
 from lumbung.hub.context import HubContext
 from lumbung.hub.settle import attempt_work, settle_job, work_record
 from lumbung.market.fanout import render_command
@@ -20,7 +21,7 @@ from lumbung.market.matching import (
     task_price_micro_per_hour,
 )
 from lumbung.market.model import Job, Node, Task, TaskState
-from lumbung.market.states import TaskEvent, next_task_state
+from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, next_task_state
 from lumbung.store.protocol import Changes
 from lumbung.wire.api import Assignment, HeartbeatRequest, HeartbeatResponse, NodeRegister
 from lumbung.wire.spec import JobSpec
@@ -244,3 +245,5 @@ def requeue(ctx: HubContext, task: Task, event: TaskEvent, runtime_s: float, now
     changes = Changes(tasks=[task], work=[work])
     settle_job(ctx, job, changes, now)
     ctx.store.apply(changes)
+    if job.state in TERMINAL_JOB_STATES:  # failed for good: pay what was kept, refund the rest
+        escrow.settle_quietly(ctx, job.id)

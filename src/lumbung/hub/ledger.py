@@ -16,6 +16,7 @@ append tried once more.
 
 from __future__ import annotations
 
+import array
 import copy
 import threading
 import time
@@ -30,13 +31,16 @@ from lumbung.errors import (
     StaleWrite,
     Unauthenticated,
 )
-from lumbung.ledger.balances import Ledger
+from lumbung.ledger.balances import EscrowState, Ledger
 from lumbung.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
-from lumbung.ledger.entries import Mint, SignedEntry, decode_leaf, leaf_bytes, sign_entry
+from lumbung.ledger.entries import Entry, Mint, SignedEntry, decode_leaf, leaf_bytes, sign_entry
 from lumbung.ledger.merkle import leaf_hash
 from lumbung.ledger.note import vkey
 from lumbung.ledger.tree import MerkleTree, NodeKey
 from lumbung.store.ledger import LedgerStore, StoredNodes
+
+# An entry the hub will author, missing only its header: called with author=, seq= and at=.
+Draft = Callable[..., Entry]
 
 # Leaves read per query while replaying the log.
 REPLAY_PAGE = 1000
@@ -79,6 +83,9 @@ class LogService:
         self._lock = threading.Lock()
         self._ledger = Ledger()
         self._size = 0
+        # Leaf indexes of the entries that concern each actor, for ``lumbung account``; 8 bytes an
+        # entry per party (array, not list: the hub is a party to most of a big log's entries).
+        self._by_actor: dict[str, array.array[int]] = {}
         with self._lock:
             self._catch_up()
             self._ensure_checkpoint()
@@ -107,6 +114,49 @@ class LogService:
                 self._ledger.last_seq(actor),
             )
 
+    @property
+    def size(self) -> int:
+        """Entries in the log, including any another hub appended since this one last looked."""
+        with self._lock:
+            self._catch_up()
+            return self._size
+
+    def open_escrows(self) -> list[str]:
+        """Jobs whose escrow still holds money."""
+        with self._lock:
+            self._catch_up()
+            return self._ledger.open_escrows()
+
+    def balances(self) -> tuple[int, dict[str, tuple[int, int, int]]]:
+        """(size, actor -> (balance, staked, last_seq)) of every actor, at one size of the log,
+        for auditors to compare with their own replay."""
+        with self._lock:
+            self._catch_up()
+            snapshot = self._ledger.snapshot()
+            actors = set(snapshot.balances) | set(snapshot.staked) | set(snapshot.seqs)
+            return self._size, {
+                actor: (
+                    snapshot.balances.get(actor, 0),
+                    snapshot.staked.get(actor, 0),
+                    snapshot.seqs.get(actor, 0),
+                )
+                for actor in sorted(actors)
+            }
+
+    def entries_of(self, actor: str, limit: int) -> list[int]:
+        """The leaf indexes of the newest ``limit`` entries that concern ``actor``, newest first:
+        those it wrote, those paying it, and the payouts of its jobs' escrow."""
+        with self._lock:
+            self._catch_up()
+            indexes = self._by_actor.get(actor)
+            return [] if indexes is None else list(reversed(indexes[-limit:])) if limit else []
+
+    def escrow(self, job_id: str) -> EscrowState:
+        """The escrow of ``job_id`` after every stored entry; ``NotFound`` if none was locked."""
+        with self._lock:
+            self._catch_up()
+            return self._ledger.escrow(job_id)
+
     def append(self, entries: Sequence[SignedEntry]) -> list[int]:
         """Validate ``entries`` in order and append them all, or none; returns their indexes."""
         batch = list(entries)
@@ -127,11 +177,31 @@ class LogService:
 
         return self._append(build)[0]
 
+    def append_as_hub(self, decide: Callable[[Ledger], Sequence[Draft]]) -> list[int]:
+        """Append the entries ``decide`` drafts from the current (read-only) ledger, as the hub.
+
+        ``decide`` runs under this log's lock after catching up with other hubs, and again if
+        another hub appended first, so what it decides always rests on the state it is appended
+        to: settlement reads what was already paid there and cannot pay it twice.
+        """
+
+        def build() -> list[SignedEntry]:
+            seq = self._ledger.last_seq(self.treasury)
+            at = int(self._clock() * 1000)
+            return [
+                sign_entry(draft(author=self.treasury, seq=seq + i, at=at), self.identity)
+                for i, draft in enumerate(decide(self._ledger), start=1)
+            ]
+
+        return self._append(build)
+
     def _append(self, build: Callable[[], list[SignedEntry]]) -> list[int]:
         with self._lock:
             for attempt in range(_ATTEMPTS):
                 self._catch_up()
                 entries = build()
+                if not entries:
+                    return []
                 # Validate on a copy so that a batch failing at its last entry changes nothing.
                 # The copy costs O(accounts) per batch, which is small next to the SQL write.
                 trial = copy.deepcopy(self._ledger)
@@ -145,6 +215,8 @@ class LogService:
                         raise
                     continue
                 self._ledger, self._size = trial, start + len(entries)
+                for offset, signed in enumerate(entries):
+                    self._index(signed, start + offset)
                 self._sign(self._size)
                 return list(range(start, self._size))
         raise AssertionError("unreachable: the last attempt returns or raises")
@@ -201,5 +273,20 @@ class LogService:
         while self._size < stored:
             page = self.store.leaves(self._size, min(self._size + REPLAY_PAGE, stored))
             for leaf in page:
-                self._ledger.apply(decode_leaf(leaf), treasury=self.treasury, hub=self.treasury)
+                signed = decode_leaf(leaf)
+                self._ledger.apply(signed, treasury=self.treasury, hub=self.treasury)
+                self._index(signed, self._size)
                 self._size += 1
+
+    def _index(self, signed: SignedEntry, index: int) -> None:
+        entry = signed.entry
+        parties = {entry.author}
+        for name in ("to", "node"):
+            party = getattr(entry, name, None)
+            if isinstance(party, str):
+                parties.add(party)
+        job_id = getattr(entry, "job_id", None)
+        if isinstance(job_id, str):
+            parties.add(self._ledger.escrow(job_id).consumer)
+        for party in parties:
+            self._by_actor.setdefault(party, array.array("q")).append(index)

@@ -14,12 +14,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
-from lumbung.errors import Forbidden, LumbungError, NotFound, Rejected, Unavailable
+from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected, Unavailable
 from lumbung.hub.auth import context, signed_actor
 from lumbung.hub.context import HubContext
 from lumbung.hub.cosign import add_cosignature
 from lumbung.hub.ledger import LogService
-from lumbung.ledger.entries import SignedEntry, decode_leaf
+from lumbung.ledger.entries import EscrowLock, SignedEntry, Unstake, decode_leaf
 from lumbung.ledger.merkle import HASH_SIZE_BYTES
 
 router = APIRouter(prefix="/v1/ledger")
@@ -28,6 +28,7 @@ Ctx = Annotated[HubContext, Depends(context)]
 
 MAX_APPEND_ENTRIES = 1000
 MAX_READ_ENTRIES = 10_000
+MAX_ACCOUNT_ENTRIES = 100
 
 
 def _log(request: Request) -> LogService:
@@ -64,9 +65,31 @@ def decode_entries(encoded: list[str]) -> list[SignedEntry]:
     return parsed
 
 
+def check_market_rules(ctx: HubContext, entries: list[SignedEntry]) -> None:
+    """Rules of the market on top of the ledger's own: escrow is locked only by submitting a job
+    (so no lock exists without its job), and stake stays while its provider holds a lease (it is
+    what a cheat caught during that work would lose)."""
+    for position, signed in enumerate(entries):
+        entry = signed.entry
+        if isinstance(entry, EscrowLock):
+            raise Rejected(
+                "escrow is locked by submitting the job (POST /v1/jobs), not appended alone",
+                field=f"entries.{position}.entry.kind",
+            )
+        if isinstance(entry, Unstake):
+            held = len(ctx.store.running_tasks(node_id=entry.author))
+            if held:
+                raise Conflict(
+                    f"{entry.author} holds {held} lease(s); unstake once they end",
+                    field=f"entries.{position}.entry.kind",
+                )
+
+
 @router.post("/entries")
-async def append_entries(body: AppendRequest, _: Actor, log: Log) -> dict[str, list[int]]:
-    return {"indexes": log.append(decode_entries(body.entries))}
+async def append_entries(body: AppendRequest, _: Actor, ctx: Ctx, log: Log) -> dict[str, list[int]]:
+    entries = decode_entries(body.entries)
+    check_market_rules(ctx, entries)
+    return {"indexes": log.append(entries)}
 
 
 @router.post("/faucet")
@@ -135,10 +158,30 @@ async def consistency(
     return {"size1": size1, "size2": size2, "proof": [h.hex() for h in proof]}
 
 
+@router.get("/balances")
+async def balances(log: Log) -> dict[str, object]:
+    """Every actor's balance, stake and last sequence number at one size of the log."""
+    size, accounts = log.balances()
+    return {"size": size, "accounts": {actor: list(values) for actor, values in accounts.items()}}
+
+
 @router.get("/accounts/{actor_id}")
-async def account(actor_id: str, log: Log) -> dict[str, int]:
+async def account(
+    actor_id: str,
+    log: Log,
+    entries: Annotated[int, Query(ge=0, le=MAX_ACCOUNT_ENTRIES)] = 0,
+) -> dict[str, object]:
+    """The actor's replayed balance, stake and last sequence number, and with ``entries=N`` its
+    newest N entries (index and base64 leaf, newest first), to check against the log."""
     balance, staked, last_seq = log.account(actor_id)
-    return {"balance": balance, "staked": staked, "last_seq": last_seq}
+    body: dict[str, object] = {"balance": balance, "staked": staked, "last_seq": last_seq}
+    if entries:
+        indexes = log.entries_of(actor_id, entries)
+        body["entries"] = [
+            {"index": i, "entry": base64.b64encode(log.store.leaves(i, i + 1)[0]).decode()}
+            for i in indexes
+        ]
+    return body
 
 
 def _hash_from_hex(text: str) -> bytes:

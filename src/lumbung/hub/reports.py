@@ -7,6 +7,7 @@ only on the attempt it holds (409 for a stale one, e.g. after its lease expired 
 from __future__ import annotations
 
 from lumbung.errors import Conflict, Forbidden, Rejected
+from lumbung.hub import escrow
 from lumbung.hub.context import HubContext
 from lumbung.hub.leases import requeue
 from lumbung.hub.settle import attempt_work, current_work, settle_job
@@ -89,6 +90,7 @@ def add_checkpoint(ctx: HubContext, node_id: str, task_id: str, report: Checkpoi
     task.lease_expires_at = now + ctx.config.lease_timeout_s
     task.updated_at = now
     ctx.store.apply(Changes(tasks=[task], checkpoints=[link], work=[work]))
+    escrow.settle_quietly(ctx, task.job_id)
 
 
 def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) -> Task:
@@ -117,6 +119,7 @@ def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) 
     changes = Changes(tasks=[task], work=[work])
     settle_job(ctx, job, changes, now)
     ctx.store.apply(changes)
+    escrow.settle_quietly(ctx, job.id)
     if task.state is TaskState.QUEUED:
         ctx.work.notify()
     return task

@@ -29,6 +29,7 @@ from lumbung.wire.api import (
     NodeRegister,
     NodeView,
     Plan,
+    PlanRequest,
     Results,
     SubmitResponse,
     TaskComplete,
@@ -111,11 +112,11 @@ async def task_release(task_id: str, body: TaskRelease, actor: Actor, ctx: Ctx) 
 
 @router.post("/jobs", status_code=201)
 async def submit_job(body: JobSubmit, actor: Actor, ctx: Ctx) -> SubmitResponse:
-    return jobs.submit(ctx, actor, body.spec)
+    return jobs.submit(ctx, actor, body.spec, body.escrow)
 
 
 @router.post("/jobs/plan")
-async def plan_job(body: JobSubmit, _: Actor, ctx: Ctx) -> Plan:
+async def plan_job(body: PlanRequest, _: Actor, ctx: Ctx) -> Plan:
     return jobs.plan(ctx, body.spec)
 
 

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from lumbung.errors import NotFound
 from lumbung.hub.context import HubContext
+from lumbung.ledger.settlement import earned_micro
 from lumbung.market.matching import NodeSnapshot
 from lumbung.market.model import Job, Node, Task
-from lumbung.wire.api import CheckpointView, JobView, NodeView, TaskView, WorkView
+from lumbung.wire.api import CheckpointView, EscrowView, JobView, NodeView, TaskView, WorkView
 
 
 def node_view(snapshot: NodeSnapshot) -> NodeView:
@@ -54,17 +56,21 @@ def _task_view(ctx: HubContext, task: Task) -> TaskView:
 
 
 def _cost_micro(seconds: float, price_micro_per_hour: int) -> int:
-    # Whole milliseconds keep the arithmetic in integers; the remainder rounds down.
-    return int(seconds * 1000) * price_micro_per_hour // 3_600_000
+    # Whole milliseconds, as settlement counts them, keep the arithmetic in integers.
+    return earned_micro(int(seconds * 1000), price_micro_per_hour)
 
 
 def _work_views(ctx: HubContext, job: Job) -> list[WorkView]:
     names: dict[str, Node] = {n.id: n for n in ctx.store.list_nodes()}
+    # (node, price) -> [kept s, lost s, kept cost, lost cost]; costs per attempt, rounded as
+    # settlement rounds them, so the view's kept cost is what the ledger paid before the fee.
     totals: dict[tuple[str, int], list[float]] = {}
     for work in ctx.store.list_work(job.id):
-        kept_lost = totals.setdefault((work.node_id, work.price_micro_per_hour), [0.0, 0.0])
-        kept_lost[0] += work.kept_s
-        kept_lost[1] += work.lost_s
+        row = totals.setdefault((work.node_id, work.price_micro_per_hour), [0.0, 0.0, 0, 0])
+        row[0] += work.kept_s
+        row[1] += work.lost_s
+        row[2] += _cost_micro(work.kept_s, work.price_micro_per_hour)
+        row[3] += _cost_micro(work.lost_s, work.price_micro_per_hour)
     return [
         WorkView(
             node_id=node_id,
@@ -72,11 +78,27 @@ def _work_views(ctx: HubContext, job: Job) -> list[WorkView]:
             price_micro_per_hour=price,
             kept_s=round(kept, 3),
             lost_s=round(lost, 3),
-            kept_cost_micro=_cost_micro(kept, price),
-            lost_cost_micro=_cost_micro(lost, price),
+            kept_cost_micro=int(kept_cost),
+            lost_cost_micro=int(lost_cost),
         )
-        for (node_id, price), (kept, lost) in sorted(totals.items())
+        for (node_id, price), (kept, lost, kept_cost, lost_cost) in sorted(totals.items())
     ]
+
+
+def _escrow_view(ctx: HubContext, job: Job) -> EscrowView | None:
+    if ctx.log is None:
+        return None
+    try:
+        escrow = ctx.log.escrow(job.id)
+    except NotFound:
+        return None
+    return EscrowView(
+        locked_micro=escrow.locked,
+        released_micro=escrow.released,
+        fees_micro=escrow.fees,
+        refunded_micro=escrow.refunded,
+        remaining_micro=escrow.remaining,
+    )
 
 
 def job_view(ctx: HubContext, job: Job) -> JobView:
@@ -92,4 +114,5 @@ def job_view(ctx: HubContext, job: Job) -> JobView:
         waiting_reason=job.waiting_reason,
         error=job.error,
         work=_work_views(ctx, job),
+        escrow=_escrow_view(ctx, job),
     )

@@ -17,8 +17,8 @@ author's sequence number.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 
 from lumbung.errors import Conflict, Forbidden, NotFound, Rejected
 from lumbung.ledger.entries import (
@@ -46,6 +46,10 @@ class EscrowState:
     fees: int
     remaining: int
     consumer: str
+    # What each provider was paid for each task, keyed (task_id, provider): settlement pays the
+    # difference between what kept work earned and this, so paying twice is impossible.
+    released_by: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    opened_at: int = 0  # unix milliseconds of the first lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,10 +66,12 @@ class LedgerSnapshot:
 @dataclass(slots=True)
 class _Escrow:
     consumer: str
+    opened_at: int
     locked: int = 0
     released: int = 0
     refunded: int = 0
     fees: int = 0
+    released_by: dict[tuple[str, str], int] = field(default_factory=dict)
 
     @property
     def remaining(self) -> int:
@@ -109,7 +115,13 @@ class Ledger:
             escrow.fees,
             escrow.remaining,
             escrow.consumer,
+            dict(escrow.released_by),
+            escrow.opened_at,
         )
+
+    def open_escrows(self) -> list[str]:
+        """Jobs whose escrow still holds money: running jobs, and any a crash left unsettled."""
+        return [job_id for job_id, escrow in self._escrows.items() if escrow.remaining > 0]
 
     def supply(self) -> int:
         """Every micro-credit ever minted; no other entry creates or destroys money."""
@@ -149,7 +161,9 @@ class Ledger:
         entry = signed.entry
         expected_seq = self._seqs.get(entry.author, 0) + 1
         if entry.seq != expected_seq:
-            raise Conflict(f"replayed or out-of-order entry: expected seq {expected_seq}")
+            raise Conflict(
+                f"replayed or out-of-order entry: expected seq {expected_seq}", field="seq"
+            )
         # Entry constructors already refuse such amounts; this guards objects built around them.
         amount = getattr(entry, "amount", 1)
         if type(amount) is not int or amount <= 0:
@@ -226,13 +240,15 @@ class Ledger:
         self._require_funds(entry.author, entry.amount)
         self._balances[entry.author] -= entry.amount
         if escrow is None:
-            escrow = self._escrows[entry.job_id] = _Escrow(consumer=entry.author)
+            escrow = self._escrows[entry.job_id] = _Escrow(entry.author, opened_at=entry.at)
         escrow.locked += entry.amount
 
     def _apply_release(self, entry: Release, hub: str) -> None:
         _require_author(entry.author, hub, "the hub", "release")
         escrow = self._require_escrow("release", entry.job_id, entry.amount)
         escrow.released += entry.amount
+        key = (entry.task_id, entry.to)
+        escrow.released_by[key] = escrow.released_by.get(key, 0) + entry.amount
         self._credit(entry.to, entry.amount)
 
     def _apply_refund(self, entry: Refund, hub: str) -> None:

@@ -49,8 +49,22 @@ def format_credits(micro: int) -> str:
 
 
 def cost_micro(price_micro_per_hour: int, runtime_s: int, task_count: int) -> int:
-    """What ``task_count`` tasks cost at an hourly price if each runs ``runtime_s``, rounded up."""
-    return -(-price_micro_per_hour * runtime_s * task_count // SECONDS_PER_HOUR)
+    """What ``task_count`` tasks cost at an hourly price if each runs ``runtime_s``.
+
+    Each task's cost rounds up on its own, so a job's escrow is exactly ``task_count`` times
+    ``task_budget_micro``: the most settlement ever pays for one task.
+    """
+    return task_count * -(-price_micro_per_hour * runtime_s // SECONDS_PER_HOUR)
+
+
+def task_budget_micro(spec: JobSpec) -> int:
+    """The most one task of ``spec`` can earn its providers, over all its attempts."""
+    return cost_micro(spec.max_price_micro_per_hour, spec.max_runtime_s, 1)
+
+
+def escrow_micro(spec: JobSpec) -> int:
+    """What submitting ``spec`` locks in escrow: its worst case at its own price limit."""
+    return cost_micro(spec.max_price_micro_per_hour, spec.max_runtime_s, spec.task_count())
 
 
 def make_plan(spec: JobSpec, nodes: Sequence[NodeSnapshot]) -> Plan:
@@ -77,7 +91,7 @@ def make_plan(spec: JobSpec, nodes: Sequence[NodeSnapshot]) -> Plan:
         fits=fits,
         excluded=excluded_counts,
         nodes_considered=len(nodes),
-        max_cost_micro=cost_micro(spec.max_price_micro_per_hour, spec.max_runtime_s, task_count),
+        max_cost_micro=escrow_micro(spec),
         explanation=[],
     )
     return plan.model_copy(update={"explanation": _explain(spec, plan, cheapest_refused_micro)})

@@ -156,8 +156,15 @@ class TaskRelease(Model):
 # --- jobs, from the consumer's side ---------------------------------------------------------------
 
 
+class PlanRequest(Model):
+    spec: JobSpec
+
+
 class JobSubmit(Model):
     spec: JobSpec
+    # Standard base64 of the consumer's signed escrow_lock leaf (lumbung.ledger.entries.leaf_bytes)
+    # for the job's worst case; its job_id becomes the job's id.
+    escrow: str
 
 
 class PlanNode(Model):
@@ -220,6 +227,17 @@ class WorkView(Model):
     lost_cost_micro: int
 
 
+class EscrowView(Model):
+    """The job's escrow in the ledger, in micro-credits: locked = released + fees + refunded +
+    remaining, where released went to providers and fees to the hub."""
+
+    locked_micro: int
+    released_micro: int
+    fees_micro: int
+    refunded_micro: int
+    remaining_micro: int
+
+
 class JobView(Model):
     id: str
     owner: str
@@ -232,6 +250,7 @@ class JobView(Model):
     waiting_reason: str | None
     error: str | None
     work: list[WorkView]
+    escrow: EscrowView | None = None
 
 
 class JobSummary(Model):
