@@ -346,3 +346,19 @@ def test_a_node_cannot_unstake_while_it_holds_a_lease(hub: Hub) -> None:
     complete(node, task, 1.0)
     append(Unstake, 600, 200)
     assert log_of(hub).account(node.id)[1] == 0
+
+
+def test_settling_one_job_from_many_threads_at_once_pays_once(hub: Hub) -> None:
+    node = hub.node("n1", price_cpu=PRICE)
+    consumer = hub.actor()
+    job_id = consumer.submit(job_spec())["job"]["id"]
+    task = claim(node)
+    assert task is not None
+    work = hub.ctx.store.get_work(task["task_id"], task["attempt"])
+    work.kept_s = 3.0
+    hub.ctx.store.apply(Changes(work=[work]))  # kept, not yet paid
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: escrow.settle(hub.ctx, job_id), range(16)))
+    assert balance(hub, node) == net(3 * PER_S)
+    state = log_of(hub).escrow(job_id)
+    assert state.released + state.fees == 3 * PER_S
