@@ -449,6 +449,30 @@ class LedgerMachine(RuleBasedStateMachine):
             m = self.model
             m.move(m.staked, node.actor_id, m.balances, TREASURY.actor_id, amount)
 
+    @rule(job_id=jobs, to=users, amount=amounts, failing=st.sampled_from(["funds", "author"]))
+    def a_batch_that_fails_at_its_last_entry_leaves_no_trace(
+        self, job_id: str, to: Identity, amount: int, failing: str
+    ) -> None:
+        """Valid entries that touch every kind of state, then one the ledger refuses, inside a
+        tentative block: all of it is undone, to the last sequence number."""
+        before = self.ledger.snapshot()
+        with pytest.raises(LumbungError), self.ledger.tentative():
+            for author, cls, body in (
+                (TREASURY, Mint, {"to": to.actor_id, "amount": amount}),
+                (to, EscrowLock, {"job_id": job_id, "amount": amount}),
+                (to, Stake, {"amount": 1}),
+                (HUB, Fee, {"job_id": job_id, "amount": 1}),
+            ):
+                escrow = self.ledger.snapshot().escrows.get(job_id)
+                if cls is EscrowLock and escrow is not None and escrow.consumer != to.actor_id:
+                    continue  # another consumer's job: the lock itself would be refused
+                self.ledger.apply(signed_next(self.ledger, author, cls, **body), **ROLES)
+            bad = {"funds": (to, Transfer, {"to": HUB.actor_id, "amount": 10**12})}
+            bad["author"] = (to, Mint, {"to": to.actor_id, "amount": 1})
+            author, cls, body = bad[failing]
+            self.ledger.apply(signed_next(self.ledger, author, cls, **body), **ROLES)
+        assert self.ledger.snapshot() == before
+
     @precondition(lambda self: bool(self.accepted))
     @rule(index=st.integers(0, 10**6))
     def replay_an_accepted_entry(self, index: int) -> None:
@@ -520,3 +544,15 @@ def test_apply_verified_skips_only_the_signature_check() -> None:
     stranger = signed_next(ledger, USERS[1], Mint, to=USERS[1].actor_id, amount=5)
     with pytest.raises(Forbidden):
         ledger.apply_verified(stranger, **ROLES)  # and a mint by anyone but the treasury
+
+
+def test_a_failed_batch_that_opened_an_escrow_leaves_none_behind() -> None:
+    ledger = Ledger()
+    apply(ledger, TREASURY, Mint, to=CONSUMER.actor_id, amount=10)
+    before = ledger.snapshot()
+    with pytest.raises(Rejected), ledger.tentative():
+        apply(ledger, CONSUMER, EscrowLock, job_id=JOBS[1], amount=10)
+        apply(ledger, CONSUMER, Stake, amount=1)  # nothing left to stake
+    assert ledger.snapshot() == before
+    with pytest.raises(NotFound):
+        ledger.escrow(JOBS[1])

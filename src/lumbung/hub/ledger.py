@@ -17,7 +17,6 @@ append tried once more.
 from __future__ import annotations
 
 import array
-import copy
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -202,19 +201,19 @@ class LogService:
                 entries = build()
                 if not entries:
                     return []
-                # Validate on a copy so that a batch failing at its last entry changes nothing.
-                # The copy costs O(accounts) per batch, which is small next to the SQL write.
-                trial = copy.deepcopy(self._ledger)
-                for position, signed in enumerate(entries):
-                    self._apply_one(trial, signed, position)
                 start = self._size
                 try:
-                    self._write(entries, start)
+                    # Tentatively: a batch failing at its last entry, or a write that loses the
+                    # race to another hub, changes nothing here either.
+                    with self._ledger.tentative():
+                        for position, signed in enumerate(entries):
+                            self._apply_one(self._ledger, signed, position)
+                        self._write(entries, start)
                 except StaleWrite:
                     if attempt + 1 == _ATTEMPTS:
                         raise
                     continue
-                self._ledger, self._size = trial, start + len(entries)
+                self._size = start + len(entries)
                 for offset, signed in enumerate(entries):
                     self._index(signed, start + offset)
                 self._sign(self._size)

@@ -17,8 +17,11 @@ author's sequence number.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import contextlib
+import copy
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from lumbung.errors import Conflict, Forbidden, NotFound, Rejected
 from lumbung.ledger.entries import (
@@ -78,6 +81,9 @@ class _Escrow:
         return self.locked - self.released - self.refunded - self.fees
 
 
+_MISSING = object()
+
+
 class Ledger:
     """In-memory replay state of the log: balances, stakes, escrows, supply, sequence numbers."""
 
@@ -87,6 +93,25 @@ class Ledger:
         self._escrows: dict[str, _Escrow] = {}
         self._supply = 0
         self._seqs: dict[str, int] = {}
+        # While a tentative() block runs: how to undo each entry applied in it, in order.
+        self._undo: list[Callable[[], None]] | None = None
+
+    @contextlib.contextmanager
+    def tentative(self) -> Iterator[None]:
+        """Entries applied inside the block are all undone if it raises: a batch that fails at
+        its last entry, or whose write to the store fails, leaves no trace. Costs O(entries in
+        the block), not O(state) as copying the ledger would."""
+        if self._undo is not None:
+            raise AssertionError("tentative blocks do not nest")
+        self._undo = []
+        try:
+            yield
+        except BaseException:
+            for undo in reversed(self._undo):
+                undo()
+            raise
+        finally:
+            self._undo = None
 
     @classmethod
     def replay(cls, entries: Iterable[SignedEntry], *, treasury: str, hub: str) -> Ledger:
@@ -159,6 +184,8 @@ class Ledger:
         whose signature nobody verified: it checks everything but the signature.
         """
         entry = signed.entry
+        if self._undo is not None:
+            self._undo.append(self._saved(entry, treasury))
         expected_seq = self._seqs.get(entry.author, 0) + 1
         if entry.seq != expected_seq:
             raise Conflict(
@@ -190,6 +217,33 @@ class Ledger:
             case _:
                 pass  # reserved kinds move no money; accepting them only advances the seq
         self._seqs[entry.author] = entry.seq
+
+    def _saved(self, entry: object, treasury: str) -> Callable[[], None]:
+        """A function that puts back everything applying ``entry`` can change: the balances and
+        stakes of its author, payee, node and the treasury, its job's escrow, the author's
+        sequence number and the supply."""
+        named = (getattr(entry, name, None) for name in ("author", "to", "node"))
+        actors = {actor for actor in named if isinstance(actor, str)} | {treasury}
+        balances = {a: self._balances.get(a, _MISSING) for a in actors}
+        staked = {a: self._staked.get(a, _MISSING) for a in actors}
+        author = getattr(entry, "author", "")
+        seq = self._seqs.get(author, _MISSING)
+        job_id = getattr(entry, "job_id", None)
+        # Copy the escrow itself (it is changed in place); deepcopy of the sentinel would not be it.
+        live = self._escrows.get(job_id) if job_id else None
+        escrow = _MISSING if live is None else copy.deepcopy(live)
+        supply = self._supply
+
+        def restore() -> None:
+            for saved, live in ((balances, self._balances), (staked, self._staked)):
+                for actor, value in saved.items():
+                    _restore(live, actor, value)
+            _restore(self._seqs, author, seq)
+            if job_id:
+                _restore(self._escrows, job_id, escrow)
+            self._supply = supply
+
+        return restore
 
     def check_invariants(self) -> None:
         """Raise ``AssertionError`` if money was created, destroyed, or went negative.
@@ -312,6 +366,13 @@ class Ledger:
                 field="amount",
             )
         return escrow
+
+
+def _restore(live: dict[str, Any], key: str, value: object) -> None:
+    if value is _MISSING:
+        live.pop(key, None)
+    else:
+        live[key] = value
 
 
 def _require_author(author: str, allowed: str, role: str, kind: str) -> None:
