@@ -1,0 +1,76 @@
+"""The hub's side of a DiLoCo round, on numpy only: close a round, publish the next weights.
+
+The hub keeps two vectors. ``weights`` is the exact global model theta. ``published`` is what the
+workers hold: the hub sends them the change ``weights - published`` compressed, and both sides add
+the decoded change to ``published``. What compression lost stays in ``weights - published`` and is
+sent with the next round's change: error feedback on the hub (INTELLECT-1, arXiv 2412.01152), so
+the workers' copy never drifts from theta by more than one round's quantisation error. A worker that
+holds no earlier round gets ``published`` whole, uncompressed, so every worker starts from the same
+bits. Workers compute their pseudo-gradient against ``published``, the weights they started from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from lumbung.train.codec import CodecConfig, decode, encode
+from lumbung.train.outer import OuterConfig, average_pseudo_gradients, outer_step
+
+FULL_WEIGHTS = CodecConfig("none")
+
+
+@dataclass(frozen=True)
+class GlobalState:
+    """Everything the hub keeps between rounds; store it and a restarted hub resumes."""
+
+    round_index: int
+    weights: np.ndarray  # theta, exact, float32
+    published: np.ndarray  # what the workers of this round started from
+    momentum: np.ndarray  # the outer Nesterov buffer
+
+    @classmethod
+    def start(cls, initial_weights: np.ndarray) -> GlobalState:
+        weights = initial_weights.astype(np.float32).copy()
+        return cls(0, weights, weights.copy(), np.zeros_like(weights))
+
+    @property
+    def numel(self) -> int:
+        return int(self.weights.size)
+
+
+@dataclass(frozen=True)
+class ClosedRound:
+    state: GlobalState  # the next round's state
+    change: bytes  # what a worker holding the last round's weights downloads
+    participants: int
+
+
+def full_weights(state: GlobalState) -> bytes:
+    """What a worker that joins (or rejoins) downloads: the published weights, uncompressed."""
+    return encode(state.published, FULL_WEIGHTS)
+
+
+def close_round(
+    state: GlobalState, updates: Sequence[bytes], outer: OuterConfig, downlink: CodecConfig
+) -> ClosedRound:
+    """Decode the updates that arrived, apply the outer step and publish the compressed change.
+
+    Every update is decoded (and so validated) before anything changes: one bad update refuses the
+    call with ``Rejected`` and leaves the round as it was, for the caller to retry without it.
+    """
+    deltas = [decode(blob, state.numel) for blob in updates]
+    mean = average_pseudo_gradients(deltas)
+    weights, momentum = outer_step(state.weights, state.momentum, mean, outer)
+    change = encode(weights - state.published, downlink)
+    published = state.published + decode(change, state.numel)
+    next_state = replace(
+        state,
+        round_index=state.round_index + 1,
+        weights=weights,
+        published=published,
+        momentum=momentum,
+    )
+    return ClosedRound(next_state, change, len(updates))
