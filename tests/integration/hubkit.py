@@ -102,14 +102,21 @@ class Hub:
     def actor(self) -> Actor:
         return Actor(Identity.generate(), self.http, self.clock, self.ctx)
 
-    def node(self, name: str, price_cpu: int = 10_000, cpus: int = 4) -> Actor:
+    def node(
+        self, name: str, price_cpu: int = 10_000, cpus: int = 4, kinds: tuple[str, ...] = ("run",)
+    ) -> Actor:
         node = self.actor()
         node.call(
             "POST",
             "/v1/nodes/register",
             {
                 "name": name,
-                "inventory": {"cpus": cpus, "memory_mib": 8192, "disk_free_mib": 50_000},
+                "inventory": {
+                    "cpus": cpus,
+                    "memory_mib": 8192,
+                    "disk_free_mib": 50_000,
+                    "kinds": list(kinds),
+                },
                 "price_micro_per_gpu_hour": 0,
                 "price_micro_per_cpu_hour": price_cpu,
                 "slots": 1,

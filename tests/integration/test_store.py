@@ -19,6 +19,9 @@ from lumbung.market.model import (
     JobState,
     LogRecord,
     Node,
+    Round,
+    RoundState,
+    RoundUpdate,
     Task,
     TaskState,
     Work,
@@ -415,7 +418,7 @@ def test_hubs_starting_at_once_migrate_exactly_once(sql_url: str) -> None:
     try:
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0002",)]
+        assert versions == [("0003",)]
         stores[0].put_node(make_node())
         assert stores[3].get_node(NODE) == make_node()
     finally:
@@ -455,3 +458,78 @@ def test_work_record_of_one_attempt_is_read_directly(store: Store) -> None:
     assert store.get_work(task.id, 1).kept_s == 3.0
     with pytest.raises(NotFound, match="attempt 2"):
         store.get_work(task.id, 2)
+
+
+# --- training rounds ----------------------------------------------------------------------------
+
+
+def _round(job: Job, index: int, deadline_at: float = T0 + 600) -> Round:
+    return Round(
+        job_id=job.id, index=index, state=RoundState.OPEN, opened_at=T0, deadline_at=deadline_at
+    )
+
+
+def _update(task: Task, round_index: int, at: float) -> RoundUpdate:
+    return RoundUpdate(
+        job_id=task.job_id,
+        round_index=round_index,
+        task_id=task.id,
+        node_id=NODE,
+        attempt=1,
+        sha256="ab" * 32,
+        size_bytes=1234,
+        tokens=4096,
+        inner_steps=50,
+        train_loss=2.5,
+        base_val_loss=None if round_index == 0 else 2.7,
+        bytes_down=5678,
+        created_at=at,
+    )
+
+
+def test_rounds_open_close_and_refuse_stale_writes(store: Store) -> None:
+    job = make_job()
+    store.create_job(job, [make_task(job)])
+    with pytest.raises(NotFound):
+        store.latest_round(job.id)
+    first = _round(job, 0)
+    store.apply(Changes(new_rounds=[first]))
+    with pytest.raises(Conflict):
+        store.apply(Changes(new_rounds=[_round(job, 0)]))
+    stale = store.get_round(job.id, 0)
+    first.state, first.closed_at = RoundState.CLOSED, T0 + 30
+    first.participants, first.metrics = 3, {"train_loss": 2.5, "bytes_up": 3702.0}
+    first.base_sha = "cd" * 32
+    store.apply(Changes(rounds=[first], new_rounds=[_round(job, 1)]))
+    assert first.version == 1
+    assert store.get_round(job.id, 0) == first
+    with pytest.raises(StaleWrite):
+        store.apply(Changes(rounds=[stale]))
+    assert [r.index for r in store.list_rounds(job.id)] == [0, 1]
+    assert store.latest_round(job.id).index == 1
+    with pytest.raises(Conflict):
+        store.apply(Changes(new_rounds=[_round(make_job(), 0)]))  # a job never stored
+
+
+def test_rounds_due_are_the_open_ones_past_their_deadline(store: Store) -> None:
+    job = make_job()
+    store.create_job(job, [make_task(job)])
+    closed = _round(job, 0, deadline_at=T0 + 10)
+    closed.state = RoundState.CLOSED
+    store.apply(Changes(new_rounds=[closed, _round(job, 1, deadline_at=T0 + 20)]))
+    assert store.rounds_due(T0 + 15) == []
+    assert [r.index for r in store.rounds_due(T0 + 20)] == [1]
+
+
+def test_a_task_sends_one_update_per_round(store: Store) -> None:
+    job = make_job()
+    tasks = [make_task(job, i) for i in range(2)]
+    store.create_job(job, tasks)
+    store.apply(Changes(new_rounds=[_round(job, 0)]))
+    second, first = _update(tasks[1], 0, T0 + 2), _update(tasks[0], 0, T0 + 3)
+    store.apply(Changes(updates=[second]))
+    store.apply(Changes(updates=[first]))
+    assert store.list_updates(job.id, 0) == [second, first]
+    with pytest.raises(Conflict):
+        store.apply(Changes(updates=[_update(tasks[1], 0, T0 + 4)]))
+    assert store.list_updates(job.id, 1) == []

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from lumbung.cli import render
 from lumbung.cli.demo import sweep_spec_text
 from lumbung.cli.main import app
-from lumbung.wire.api import Inventory, JobView, NodeView, Plan, PlanNode, TaskView
+from lumbung.wire.api import Inventory, JobView, NodeView, Plan, PlanNode, RoundView, TaskView
 from lumbung.wire.spec import parse_spec
 
 GOOD_SPEC = """\
@@ -240,3 +240,36 @@ def test_nodes_table_shows_prices_and_heartbeat_age() -> None:
     assert "0.02 cr" in text
     assert "1 cr" in text
     assert "3s ago" in text
+
+
+def test_rounds_table_shows_losses_bytes_and_the_open_round() -> None:
+    closed = RoundView(
+        index=0,
+        state="closed",
+        participants=3,
+        opened_at=0.0,
+        closed_at=12.5,
+        base_sha="ab" * 32,
+        metrics={
+            "train_loss": 3.1234,
+            "base_val_loss": 4.2,
+            "bytes_up": 3_702.0,
+            "bytes_down": 2_500_000.0,
+            "duration_s": 12.5,
+        },
+    )
+    open_round = RoundView(
+        index=1,
+        state="open",
+        participants=0,
+        opened_at=12.5,
+        closed_at=None,
+        base_sha=None,
+        metrics={},
+    )
+
+    text = plain(render.rounds_table([closed, open_round]))
+
+    assert "3.123" in text and "4.200" in text
+    assert "3.7 KB" in text and "2.5 MB" in text and "12.5 s" in text
+    assert "..." in text and "open" in text

@@ -10,6 +10,7 @@ from lumbung.market.matching import (
     CONSTRAINTS,
     DRAINING,
     GPU_MODEL_NOT_ALLOWED,
+    KIND_NOT_RUN,
     OFFLINE,
     PRICE_ABOVE_LIMIT,
     TOO_FEW_CPUS,
@@ -25,7 +26,7 @@ from lumbung.market.matching import (
 )
 from lumbung.market.model import Node, Task, TaskState
 from lumbung.wire.api import GpuInfo, Inventory
-from lumbung.wire.spec import JobSpec
+from lumbung.wire.spec import JobSpec, validate_spec
 
 A100 = "NVIDIA A100-SXM4-80GB"
 RTX = "NVIDIA GeForce RTX 4090"
@@ -226,6 +227,7 @@ def test_constraint_names_are_the_declared_words() -> None:
     assert CONSTRAINTS == (
         "offline",
         "draining",
+        "kind_not_run",
         "too_few_gpus",
         "gpu_model_not_allowed",
         "too_little_gpu_memory",
@@ -366,3 +368,19 @@ def test_claimer_that_does_not_fit_never_gets_a_task_however_old() -> None:
     t = queued_task(queued_at=0.0)
     offline = snap(node(), online=False)
     assert choose_task(offline, [(t, spec())], [], now=1e9, grace_s=0) is None
+
+
+def test_a_train_job_fits_only_nodes_that_run_train_jobs() -> None:
+    spec = validate_spec(
+        {
+            "name": "lm",
+            "kind": "train",
+            "train": {"rounds": 2, "workers": {"wanted": 2}},
+            "max_price_micro_per_hour": 10**9,
+        }
+    )
+    runner = snap(node())
+    assert exclusions(runner, spec) == [KIND_NOT_RUN]
+    trainer = node()
+    trainer.inventory = trainer.inventory.model_copy(update={"kinds": ["run", "train"]})
+    assert exclusions(snap(trainer), spec) == []

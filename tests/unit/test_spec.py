@@ -84,3 +84,46 @@ def test_text_that_is_not_a_mapping_is_refused(text: str) -> None:
     with pytest.raises(Rejected) as caught:
         parse_spec(text)
     assert caught.value.field == "spec"
+
+
+def _train(**train: object) -> dict[str, object]:
+    body: dict[str, object] = {"rounds": 3, **train}
+    return {"name": "lm", "kind": "train", "train": body, "max_price_micro_per_hour": 10**6}
+
+
+def test_a_train_job_has_one_task_per_wanted_worker_each_with_its_shard() -> None:
+    spec = validate_spec(_train(workers={"wanted": 3, "minimum": 2}))
+    assert spec.task_count() == 3
+    assert spec.task_params() == [{"shard": 0}, {"shard": 1}, {"shard": 2}]
+    assert spec.train is not None and spec.train.total_rounds() == 3
+
+
+@pytest.mark.parametrize(
+    ("train", "field"),
+    [
+        ({"inner_steps": 0}, "train.inner_steps"),
+        ({"inner": {"lr": -0.1}}, "train.inner.lr"),
+        ({"model": {"kind": "gpt-9"}}, "train.model.kind"),
+        ({"dataset": {"name": "wikipedia"}}, "train.dataset.name"),
+        ({"workers": {"wanted": 2, "minimum": 3}}, "train.workers"),
+        ({"outer": {"momentum": 1.0}}, "train.outer.momentum"),
+        ({"compression": {"codec": "zip"}}, "train.compression.codec"),
+    ],
+)
+def test_a_bad_train_section_is_refused_naming_the_field(
+    train: dict[str, object], field: str
+) -> None:
+    with pytest.raises(Rejected) as caught:
+        validate_spec(_train(**train))
+    assert caught.value.field == field
+
+
+def test_train_and_run_fields_do_not_mix() -> None:
+    with pytest.raises(Rejected, match="needs a 'train' section"):
+        validate_spec({"name": "lm", "kind": "train", "max_price_micro_per_hour": 1})
+    with pytest.raises(Rejected, match="no command or entrypoint"):
+        validate_spec({**_train(), "command": ["python", "x.py"]})
+    with pytest.raises(Rejected, match="needs kind: train"):
+        validate_spec({**_train(), "kind": "run", "command": ["true"]})
+    with pytest.raises(Rejected, match="exactly one of rounds and token_budget"):
+        validate_spec(_train(token_budget=1000))

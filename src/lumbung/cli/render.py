@@ -28,6 +28,7 @@ from lumbung.wire.api import (
     NodeView,
     Plan,
     Results,
+    RoundView,
     TaskView,
     WorkView,
 )
@@ -207,9 +208,44 @@ def job_view(job: JobView, node_names: Mapping[str, str]) -> RenderableType:
         parts.append(Text(f"task {task.index}: {task.error}", style="red"))
     if job.work:
         parts.append(work_table(job.work))
+    if job.rounds:
+        parts.append(rounds_table(job.rounds))
+    if job.model_sha256 is not None:
+        parts.append(Text(f"trained model: {job.model_sha256}"))
     if job.escrow is not None:
         parts.append(escrow_line(job.escrow))
     return Group(*parts)
+
+
+def rounds_table(rounds: Sequence[RoundView]) -> Table:
+    """A train job's rounds: who took part, the losses, the bytes each way, how long it took.
+
+    "start val loss" scores the weights a round started from on held-out plays."""
+    table = Table(title="Rounds")
+    for column in ("round", "workers", "train loss", "start val loss", "up", "down", "time"):
+        table.add_column(column, justify="right")
+    for r in rounds:
+        m = r.metrics
+        table.add_row(
+            str(r.index),
+            str(r.participants) if r.state == "closed" else "...",
+            f"{m['train_loss']:.3f}" if "train_loss" in m else "-",
+            f"{m['base_val_loss']:.3f}" if "base_val_loss" in m else "-",
+            _bytes(m.get("bytes_up")),
+            _bytes(m.get("bytes_down")),
+            f"{m['duration_s']:.1f} s" if "duration_s" in m else r.state,
+        )
+    return table
+
+
+def _bytes(count: float | None) -> str:
+    if count is None:
+        return "-"
+    for unit in ("B", "KB", "MB", "GB"):
+        if count < 1000 or unit == "GB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1000
+    return f"{count:.1f} GB"
 
 
 def escrow_line(escrow: EscrowView) -> Text:

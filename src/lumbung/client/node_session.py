@@ -17,6 +17,8 @@ from lumbung.wire.api import (
     LogChunk,
     NodeRegister,
     NodeView,
+    RoundInfo,
+    RoundUpdateReport,
     TaskComplete,
     TaskRelease,
 )
@@ -70,6 +72,18 @@ class NodeSession:
 
     def release(self, task_id: str, release: TaskRelease) -> None:
         self._hub.call("POST", f"/v1/tasks/{task_id}/release", json=release.model_dump(mode="json"))
+
+    def round_info(self, task_id: str, attempt: int) -> RoundInfo:
+        """What the worker of a train task should do now (train, wait, or finish)."""
+        raw = self._hub.call("GET", f"/v1/tasks/{task_id}/round", params={"attempt": attempt})
+        return RoundInfo.model_validate(raw)
+
+    def send_update(self, task_id: str, round_index: int, report: RoundUpdateReport) -> None:
+        path = f"/v1/tasks/{task_id}/rounds/{round_index}/update"
+        self._hub.call("POST", path, json=report.model_dump(mode="json"))
+
+    def upload_bytes(self, data: bytes) -> str:
+        return self._hub.upload_bytes(data)
 
     def upload_file(self, path: Path) -> str:
         return self._hub.upload_file(path)

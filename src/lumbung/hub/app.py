@@ -17,6 +17,7 @@ from lumbung.hub.leases import expire_leases, grace_after_restart
 from lumbung.hub.ledger import LogService
 from lumbung.hub.ledger_routes import router as ledger_router
 from lumbung.hub.limits import BodyLimit
+from lumbung.hub.rounds import close_due_rounds, close_ready_rounds
 from lumbung.hub.routes import router
 
 log = logging.getLogger("lumbung.hub")
@@ -32,7 +33,9 @@ async def _reap(ctx: HubContext) -> None:
     while True:
         await asyncio.sleep(ctx.config.reaper_interval_s)
         try:
-            expire_leases(ctx)
+            if expire_leases(ctx):
+                close_ready_rounds(ctx)  # a dead worker no longer holds its round open
+            close_due_rounds(ctx)
             since_sweep += ctx.config.reaper_interval_s
             if since_sweep >= _NONCE_SWEEP_S:
                 ctx.store.purge_nonces(ctx.clock())

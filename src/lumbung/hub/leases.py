@@ -186,6 +186,8 @@ def _lease(ctx: HubContext, node: Node, task: Task, job: Job, now: float) -> Ass
         env=spec.env,
         resume_from=task.last_checkpoint_sha,
         lease_expires_at=task.lease_expires_at,
+        kind=spec.kind,
+        train=spec.train,
     )
 
 

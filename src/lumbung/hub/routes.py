@@ -6,11 +6,11 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from lumbung.errors import Rejected, TooLarge
-from lumbung.hub import jobs, leases, reports
+from lumbung.hub import jobs, leases, reports, rounds
 from lumbung.hub.auth import context, signed_actor, signed_streamed_actor
 from lumbung.hub.context import HubContext
 from lumbung.hub.views import node_view
@@ -31,6 +31,8 @@ from lumbung.wire.api import (
     Plan,
     PlanRequest,
     Results,
+    RoundInfo,
+    RoundUpdateReport,
     SubmitResponse,
     TaskComplete,
     TaskRelease,
@@ -100,6 +102,20 @@ async def task_checkpoint(task_id: str, report: CheckpointReport, actor: Actor, 
 @router.post("/tasks/{task_id}/complete", status_code=204)
 async def task_complete(task_id: str, result: TaskComplete, actor: Actor, ctx: Ctx) -> None:
     reports.complete(ctx, actor, task_id, result)
+
+
+@router.get("/tasks/{task_id}/round")
+async def task_round(
+    task_id: str, attempt: Annotated[int, Query(ge=1)], actor: Actor, ctx: Ctx
+) -> RoundInfo:
+    return rounds.round_info(ctx, actor, task_id, attempt)
+
+
+@router.post("/tasks/{task_id}/rounds/{round_index}/update", status_code=204)
+async def task_round_update(
+    task_id: str, round_index: int, report: RoundUpdateReport, actor: Actor, ctx: Ctx
+) -> None:
+    rounds.submit_update(ctx, actor, task_id, round_index, report)
 
 
 @router.post("/tasks/{task_id}/release", status_code=204)

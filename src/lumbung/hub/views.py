@@ -7,7 +7,15 @@ from lumbung.hub.context import HubContext
 from lumbung.ledger.settlement import earned_micro
 from lumbung.market.matching import NodeSnapshot
 from lumbung.market.model import Job, Node, Task
-from lumbung.wire.api import CheckpointView, EscrowView, JobView, NodeView, TaskView, WorkView
+from lumbung.wire.api import (
+    CheckpointView,
+    EscrowView,
+    JobView,
+    NodeView,
+    RoundView,
+    TaskView,
+    WorkView,
+)
 
 
 def node_view(snapshot: NodeSnapshot) -> NodeView:
@@ -101,7 +109,31 @@ def _escrow_view(ctx: HubContext, job: Job) -> EscrowView | None:
     )
 
 
+def _round_views(ctx: HubContext, job: Job) -> tuple[list[RoundView], str | None]:
+    """A train job's rounds, and its trained model once the last round closed."""
+    if job.spec.train is None:
+        return [], None
+    rounds = ctx.store.list_rounds(job.id)
+    total = job.spec.train.total_rounds()
+    model = rounds[-1].base_sha if rounds and rounds[-1].index >= total else None
+    views = [
+        RoundView(
+            index=r.index,
+            state=r.state.value,
+            participants=r.participants,
+            opened_at=r.opened_at,
+            closed_at=r.closed_at,
+            base_sha=r.base_sha,
+            metrics=r.metrics,
+        )
+        for r in rounds
+        if r.index < total  # the record past the last round only holds the model
+    ]
+    return views, model
+
+
 def job_view(ctx: HubContext, job: Job) -> JobView:
+    rounds, model = _round_views(ctx, job)
     return JobView(
         id=job.id,
         owner=job.owner,
@@ -115,4 +147,6 @@ def job_view(ctx: HubContext, job: Job) -> JobView:
         error=job.error,
         work=_work_views(ctx, job),
         escrow=_escrow_view(ctx, job),
+        rounds=rounds,
+        model_sha256=model,
     )

@@ -21,6 +21,7 @@ from lumbung.wire.spec import JobSpec, Resources
 # Constraint names: the keys of ``Plan.excluded`` and the words of a job's waiting reason.
 OFFLINE = "offline"
 DRAINING = "draining"
+KIND_NOT_RUN = "kind_not_run"
 TOO_FEW_GPUS = "too_few_gpus"
 GPU_MODEL_NOT_ALLOWED = "gpu_model_not_allowed"
 TOO_LITTLE_GPU_MEMORY = "too_little_gpu_memory"
@@ -33,6 +34,7 @@ PRICE_ABOVE_LIMIT = "price_above_limit"
 CONSTRAINTS: tuple[str, ...] = (
     OFFLINE,
     DRAINING,
+    KIND_NOT_RUN,
     TOO_FEW_GPUS,
     GPU_MODEL_NOT_ALLOWED,
     TOO_LITTLE_GPU_MEMORY,
@@ -71,6 +73,8 @@ def exclusions(snapshot: NodeSnapshot, spec: JobSpec) -> list[str]:
         failed.append(OFFLINE)
     if node.draining:
         failed.append(DRAINING)
+    if spec.kind not in inventory.kinds:
+        failed.append(KIND_NOT_RUN)
     gpu_problem = _gpu_exclusion(inventory.gpus, wanted)
     if gpu_problem is not None:
         failed.append(gpu_problem)

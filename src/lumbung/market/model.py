@@ -120,3 +120,52 @@ class LogRecord:
     stream: str
     text: str
     at: float
+
+
+class RoundState(StrEnum):
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass
+class Round:
+    """One synchronisation of a training job: the weights its workers start from, its deadline,
+    and, once closed, who took part and what it measured.
+
+    Blobs hold the numbers: ``base_sha`` the full weights the round's workers start from,
+    ``change_sha`` the compressed change from the previous round's weights (what a worker that
+    holds them downloads instead), ``state_sha`` the hub's exact outer state at the round's
+    start (weights, what the workers hold, outer momentum), so a restarted hub resumes it.
+    """
+
+    job_id: str
+    index: int
+    state: RoundState
+    opened_at: float
+    deadline_at: float
+    base_sha: str | None = None  # None only for round 0 before a worker sent the initial weights
+    change_sha: str | None = None
+    state_sha: str | None = None
+    closed_at: float | None = None
+    participants: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    version: int = 0
+
+
+@dataclass(frozen=True)
+class RoundUpdate:
+    """One worker's pseudo-gradient for a round: the blob it uploaded and what it reported."""
+
+    job_id: str
+    round_index: int
+    task_id: str
+    node_id: str
+    attempt: int
+    sha256: str  # the encoded pseudo-gradient (lumbung.train.codec)
+    size_bytes: int
+    tokens: int
+    inner_steps: int
+    train_loss: float
+    base_val_loss: float | None  # validation loss of the weights the worker started from
+    bytes_down: int  # what the worker downloaded to start the round (full weights or a change)
+    created_at: float

@@ -21,6 +21,10 @@ _MIB = 1024 * 1024
 
 
 def collect_inventory(config: NodeConfig, isolation: Isolation) -> Inventory:
+    torch = _torch_version()
+    # Training runs our own worker (lumbung.node.train_worker) beside the node: it needs torch
+    # here, and the process runner (a container image need not hold lumbung).
+    trains = torch is not None and config.runner == "process"
     return Inventory(
         gpus=collect_gpus(),
         cpus=config.cpus or os.cpu_count() or 1,
@@ -28,8 +32,9 @@ def collect_inventory(config: NodeConfig, isolation: Isolation) -> Inventory:
         disk_free_mib=_disk_free_mib(config.data_dir),
         os=platform.platform(),
         python=platform.python_version(),
-        torch=_torch_version(),
+        torch=torch,
         isolation=isolation,
+        kinds=["run", "train"] if trains else ["run"],
     )
 
 

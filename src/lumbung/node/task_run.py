@@ -24,6 +24,7 @@ from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected
 from lumbung.node.checkpoints import pack_dir, unpack
 from lumbung.node.logs import LogShipper
 from lumbung.node.sandbox import Runner, SandboxSpec, TaskProcess, scrubbed_env
+from lumbung.train.data import default_cache_dir
 from lumbung.wire.api import Assignment, CheckpointReport, LogChunk, TaskComplete, TaskRelease
 
 log = logging.getLogger(__name__)
@@ -191,16 +192,22 @@ class TaskRun:
         cpus = int(str(a.resources.get("cpus", 1)))
         memory_gb = float(str(a.resources.get("memory_gb", 1.0)))
         disk_gb = float(str(a.resources.get("disk_gb", 0.0)))
-        argv = a.command or [sys.executable, "-m", "lumbung.node.entry", str(a.entrypoint)]
+        training = a.kind == "train"
+        if training:
+            # Our own DiLoCo worker, which talks to the hub itself (lumbung.node.train_worker).
+            argv = [sys.executable, "-m", "lumbung.node.train_worker"]
+        else:
+            argv = a.command or [sys.executable, "-m", "lumbung.node.entry", str(a.entrypoint)]
         return SandboxSpec(
             argv=list(argv),
             workdir=self.workdir,
             env=scrubbed_env(self._task_env(), self.workdir, cpus=cpus),
-            network=a.network,
+            network=a.network or training,
             cpus=cpus,
-            # CUDA reserves far more address space than it uses, so GPU tasks get no RLIMIT_AS.
+            # CUDA, and torch on the CPU, reserve far more address space than they use, so GPU
+            # and training tasks get no RLIMIT_AS.
             memory_bytes=None
-            if self.gpu_indices
+            if self.gpu_indices or training
             else int(memory_gb * _GIB) + _ADDRESS_SPACE_HEADROOM_BYTES,
             disk_bytes=int(disk_gb * _GIB) or None,
             max_runtime_s=a.max_runtime_s,
@@ -223,6 +230,15 @@ class TaskRun:
         for name, value in a.params.items():
             env[f"LUMBUNG_PARAM_{name.upper()}"] = (
                 value if isinstance(value, str) else json.dumps(value)
+            )
+        if a.kind == "train" and a.train is not None:
+            data_dir = self._config.data_dir.resolve()
+            env.update(
+                LUMBUNG_HUB_URL=self._config.hub_url,
+                LUMBUNG_NODE_DIR=str(data_dir),
+                LUMBUNG_TRAIN_SPEC=a.train.model_dump_json(),
+                # The operator's cache (not the task's HOME): nodes on one machine share it.
+                LUMBUNG_TRAIN_CACHE=str(default_cache_dir()),
             )
         return env
 

@@ -15,7 +15,18 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from lumbung.errors import Conflict, NotFound, StaleWrite
-from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, TaskState, Work
+from lumbung.market.model import (
+    CheckpointLink,
+    Job,
+    LogRecord,
+    Node,
+    Round,
+    RoundState,
+    RoundUpdate,
+    Task,
+    TaskState,
+    Work,
+)
 from lumbung.store.ledger import MemoryLedgerStore
 from lumbung.store.protocol import Changes
 
@@ -44,6 +55,8 @@ class MemoryStore:
         self._tasks: dict[str, Task] = {}
         self._checkpoints: dict[tuple[str, int], CheckpointLink] = {}
         self._work: dict[tuple[str, int], Work] = {}
+        self._rounds: dict[tuple[str, int], Round] = {}
+        self._updates: dict[tuple[str, int, str], RoundUpdate] = {}  # in arrival order
         self._logs: dict[str, list[LogRecord]] = {}  # by job, in seq order
         self._log_seq = itertools.count(1)
         self._ledger = MemoryLedgerStore()
@@ -191,7 +204,11 @@ class MemoryStore:
                 links[key] = link
             if any(w.task_id not in self._tasks for w in changes.work):
                 raise Conflict("work record names an unknown task")
+            rounds = self._stage_rounds(changes)
+            updates = self._stage_updates(changes.updates)
             self._jobs.update(jobs)
+            self._rounds.update(rounds)
+            self._updates.update(updates)
             self._tasks.update(tasks)
             self._checkpoints.update(links)
             for record in changes.work:
@@ -200,6 +217,80 @@ class MemoryStore:
             job.version += 1
         for task in changes.tasks:
             task.version += 1
+        for changed in changes.rounds:
+            changed.version += 1
+
+    def _stage_rounds(self, changes: Changes) -> dict[tuple[str, int], Round]:
+        staged: dict[tuple[str, int], Round] = {}
+        for record in changes.new_rounds:
+            key = (record.job_id, record.index)
+            if key in self._rounds or key in staged or record.job_id not in self._jobs:
+                where = f"{record.job_id} round {record.index}"
+                raise Conflict(f"round taken or its job unknown: {where}")
+            staged[key] = _copy_round(record)
+        for record in changes.rounds:
+            key = (record.job_id, record.index)
+            current = staged.get(key) or self._rounds.get(key)
+            if current is None:
+                raise NotFound(f"job {record.job_id} has no round {record.index}", field="round")
+            if current.version != record.version:
+                where = f"round {record.index} of job {record.job_id}"
+                raise StaleWrite(f"{where} changed concurrently")
+            new = _copy_round(record)
+            new.version += 1
+            staged[key] = new
+        return staged
+
+    def _stage_updates(self, updates: list[RoundUpdate]) -> dict[tuple[str, int, str], RoundUpdate]:
+        staged: dict[tuple[str, int, str], RoundUpdate] = {}
+        for update in updates:
+            key = (update.job_id, update.round_index, update.task_id)
+            if key in self._updates or key in staged:
+                raise Conflict(
+                    f"task {update.task_id} already sent its update to round {update.round_index}",
+                    field="round",
+                )
+            if update.task_id not in self._tasks:
+                raise Conflict(f"update names an unknown task {update.task_id}")
+            staged[key] = update
+        return staged
+
+    # --- training rounds -------------------------------------------------------------------------
+
+    def get_round(self, job_id: str, index: int) -> Round:
+        with self._lock:
+            record = self._rounds.get((job_id, index))
+            if record is None:
+                raise NotFound(f"job {job_id} has no round {index}", field="round")
+            return _copy_round(record)
+
+    def latest_round(self, job_id: str) -> Round:
+        rounds = self.list_rounds(job_id)
+        if not rounds:
+            raise NotFound(f"job {job_id} has no rounds", field="round")
+        return rounds[-1]
+
+    def list_rounds(self, job_id: str) -> list[Round]:
+        with self._lock:
+            found = [r for (job, _), r in self._rounds.items() if job == job_id]
+            return [_copy_round(r) for r in sorted(found, key=lambda r: r.index)]
+
+    def rounds_due(self, now: float) -> list[Round]:
+        with self._lock:
+            due = [
+                r
+                for r in self._rounds.values()
+                if r.state is RoundState.OPEN and r.deadline_at <= now
+            ]
+            return [_copy_round(r) for r in sorted(due, key=lambda r: r.deadline_at)]
+
+    def list_updates(self, job_id: str, round_index: int) -> list[RoundUpdate]:
+        with self._lock:
+            return [
+                u
+                for (job, index, _), u in self._updates.items()
+                if job == job_id and index == round_index
+            ]
 
     # --- checkpoints, work, logs ----------------------------------------------------------------
 
@@ -260,6 +351,10 @@ _TaskKey = Callable[[Task], tuple[object, ...]]
 
 
 R = TypeVar("R", Job, Task)
+
+
+def _copy_round(record: Round) -> Round:
+    return dataclasses.replace(record, metrics=dict(record.metrics))
 
 
 def _stage_versioned(

@@ -12,7 +12,17 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, TaskState, Work
+from lumbung.market.model import (
+    CheckpointLink,
+    Job,
+    LogRecord,
+    Node,
+    Round,
+    RoundUpdate,
+    Task,
+    TaskState,
+    Work,
+)
 from lumbung.store.ledger import LedgerStore
 
 
@@ -20,14 +30,18 @@ from lumbung.store.ledger import LedgerStore
 class Changes:
     """One unit of work, applied all or nothing by ``Store.apply``.
 
-    Jobs and tasks are updates checked against their ``version``; checkpoint links are inserts;
-    work records are upserts keyed by (task_id, attempt).
+    Jobs, tasks and rounds are updates checked against their ``version``; checkpoint links, new
+    rounds and round updates are inserts (``Conflict`` if the key is taken); work records are
+    upserts keyed by (task_id, attempt).
     """
 
     jobs: list[Job] = field(default_factory=list)
     tasks: list[Task] = field(default_factory=list)
     checkpoints: list[CheckpointLink] = field(default_factory=list)
     work: list[Work] = field(default_factory=list)
+    new_rounds: list[Round] = field(default_factory=list)
+    rounds: list[Round] = field(default_factory=list)
+    updates: list[RoundUpdate] = field(default_factory=list)
 
 
 class Store(Protocol):
@@ -98,6 +112,21 @@ class Store(Protocol):
 
     def get_work(self, task_id: str, attempt: int) -> Work:
         """The work record of one attempt; ``NotFound`` if it has none."""
+
+    # --- training rounds -------------------------------------------------------------------------
+    def get_round(self, job_id: str, index: int) -> Round: ...
+
+    def latest_round(self, job_id: str) -> Round:
+        """The job's round with the highest index; ``NotFound`` if it has none."""
+
+    def list_rounds(self, job_id: str) -> list[Round]:
+        """Every round of the job, in index order."""
+
+    def rounds_due(self, now: float) -> list[Round]:
+        """Open rounds whose deadline has passed, oldest deadline first."""
+
+    def list_updates(self, job_id: str, round_index: int) -> list[RoundUpdate]:
+        """The updates to one round, in the order they arrived."""
 
     def append_log(self, record: LogRecord) -> int:
         """Store a log chunk (its ``seq`` is ignored) and return the seq it was given."""

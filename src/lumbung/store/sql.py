@@ -17,7 +17,17 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, Table, bindparam, create_engine, event, func, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    select,
+    update,
+)
 from sqlalchemy import insert as generic_insert
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -25,7 +35,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
 from lumbung.errors import Conflict, NotFound, StaleWrite
-from lumbung.market.model import CheckpointLink, Job, LogRecord, Node, Task, TaskState, Work
+from lumbung.market.model import (
+    CheckpointLink,
+    Job,
+    LogRecord,
+    Node,
+    Round,
+    RoundState,
+    RoundUpdate,
+    Task,
+    TaskState,
+    Work,
+)
 from lumbung.store import tables as t
 from lumbung.store.ledger_sql import SqlLedgerStore
 from lumbung.store.protocol import Changes
@@ -224,11 +245,49 @@ class SqlStore:
                 self._insert_checkpoints(conn, changes.checkpoints)
             if changes.work:
                 self._upsert_work(conn, changes.work)
+            self._write_rounds(conn, changes)
         # Only after the commit: a rolled-back batch must leave the callers' objects as they were.
         for job in changes.jobs:
             job.version += 1
         for task in changes.tasks:
             task.version += 1
+        for record in changes.rounds:
+            record.version += 1
+
+    def _write_rounds(self, conn: Connection, changes: Changes) -> None:
+        if changes.new_rounds:
+            try:
+                conn.execute(generic_insert(t.rounds), [t.round_row(r) for r in changes.new_rounds])
+            except IntegrityError as exc:
+                keys = ", ".join(f"{r.job_id} round {r.index}" for r in changes.new_rounds)
+                raise Conflict(f"round taken or its job unknown: {keys}") from exc
+        for record in changes.rounds:
+            row = t.round_row(record)
+            row["version"] = record.version + 1
+            rc = t.rounds.c
+            result = conn.execute(
+                update(t.rounds)
+                .where(
+                    rc.job_id == record.job_id,
+                    rc.idx == record.index,
+                    rc.version == record.version,
+                )
+                .values(row)
+            )
+            if result.rowcount != 1:
+                raise StaleWrite(
+                    f"round {record.index} of job {record.job_id} changed concurrently"
+                )
+        if changes.updates:
+            try:
+                rows = [t.update_row(u) for u in changes.updates]
+                conn.execute(generic_insert(t.round_updates), rows)
+            except IntegrityError as exc:
+                first = changes.updates[0]
+                raise Conflict(
+                    f"task {first.task_id} already sent its update to round {first.round_index}",
+                    field="round",
+                ) from exc
 
     def _insert_checkpoints(self, conn: Connection, links: list[CheckpointLink]) -> None:
         try:
@@ -268,6 +327,46 @@ class SqlStore:
         if not rows:
             raise NotFound(f"no work record for attempt {attempt} of task {task_id}")
         return t.work_from_row(rows[0])
+
+    # --- training rounds -------------------------------------------------------------------------
+
+    def get_round(self, job_id: str, index: int) -> Round:
+        rc = t.rounds.c
+        rows = self._rows(select(t.rounds).where(rc.job_id == job_id, rc.idx == index))
+        if not rows:
+            raise NotFound(f"job {job_id} has no round {index}", field="round")
+        return t.round_from_row(rows[0])
+
+    def latest_round(self, job_id: str) -> Round:
+        rc = t.rounds.c
+        stmt = select(t.rounds).where(rc.job_id == job_id).order_by(rc.idx.desc()).limit(1)
+        rows = self._rows(stmt)
+        if not rows:
+            raise NotFound(f"job {job_id} has no rounds", field="round")
+        return t.round_from_row(rows[0])
+
+    def list_rounds(self, job_id: str) -> list[Round]:
+        rc = t.rounds.c
+        stmt = select(t.rounds).where(rc.job_id == job_id).order_by(rc.idx)
+        return [t.round_from_row(r) for r in self._rows(stmt)]
+
+    def rounds_due(self, now: float) -> list[Round]:
+        rc = t.rounds.c
+        stmt = (
+            select(t.rounds)
+            .where(rc.state == RoundState.OPEN.value, rc.deadline_at <= now)
+            .order_by(rc.deadline_at)
+        )
+        return [t.round_from_row(r) for r in self._rows(stmt)]
+
+    def list_updates(self, job_id: str, round_index: int) -> list[RoundUpdate]:
+        uc = t.round_updates.c
+        stmt = (
+            select(t.round_updates)
+            .where(uc.job_id == job_id, uc.round_index == round_index)
+            .order_by(uc.created_at, uc.task_id)
+        )
+        return [t.update_from_row(r) for r in self._rows(stmt)]
 
     def append_log(self, record: LogRecord) -> int:
         values = {c.name: getattr(record, c.name) for c in t.logs.columns if c.name != "seq"}

@@ -35,6 +35,9 @@ from lumbung.market.model import (
     JobState,
     LogRecord,
     Node,
+    Round,
+    RoundState,
+    RoundUpdate,
     Task,
     TaskState,
     Work,
@@ -160,6 +163,42 @@ work = Table(
     Index("ix_work_job_id", "job_id"),
 )
 
+rounds = Table(
+    "rounds",
+    metadata,
+    Column("job_id", String(64), ForeignKey("jobs.id"), primary_key=True),
+    Column("idx", Integer, primary_key=True, autoincrement=False),
+    Column("state", String(16), nullable=False),
+    Column("opened_at", Double, nullable=False),
+    Column("deadline_at", Double, nullable=False),
+    Column("base_sha", String(64), nullable=True),
+    Column("change_sha", String(64), nullable=True),
+    Column("state_sha", String(64), nullable=True),
+    Column("closed_at", Double, nullable=True),
+    Column("participants", Integer, nullable=False),
+    Column("metrics", Text, nullable=False),  # JSON object of floats
+    Column("version", Integer, nullable=False),
+    Index("ix_rounds_state_deadline_at", "state", "deadline_at"),
+)
+
+round_updates = Table(
+    "round_updates",
+    metadata,
+    Column("job_id", String(64), primary_key=True),
+    Column("round_index", Integer, primary_key=True, autoincrement=False),
+    Column("task_id", String(64), ForeignKey("tasks.id"), primary_key=True),
+    Column("node_id", String(64), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    Column("inner_steps", Integer, nullable=False),
+    Column("train_loss", Double, nullable=False),
+    Column("base_val_loss", Double, nullable=True),
+    Column("bytes_down", BigInteger, nullable=False),
+    Column("created_at", Double, nullable=False),
+)
+
 logs = Table(
     "logs",
     metadata,
@@ -184,6 +223,7 @@ _JOB_PLAIN = [c.name for c in jobs.columns if c.name not in ("spec", "state")]
 _TASK_PLAIN = [c.name for c in tasks.columns if c.name not in ("params", "outputs", "state")]
 _CHECKPOINT_FIELDS = [c.name for c in checkpoints.columns]
 _WORK_FIELDS = [c.name for c in work.columns]
+_UPDATE_FIELDS = [c.name for c in round_updates.columns]
 
 
 def node_row(node: Node) -> dict[str, Any]:
@@ -284,3 +324,45 @@ ledger_checkpoints = Table(
     Column("size", BigInteger, primary_key=True, autoincrement=False),
     Column("note", Text, nullable=False),
 )
+
+
+def round_row(record: Round) -> dict[str, Any]:
+    return {
+        "job_id": record.job_id,
+        "idx": record.index,
+        "state": record.state.value,
+        "opened_at": record.opened_at,
+        "deadline_at": record.deadline_at,
+        "base_sha": record.base_sha,
+        "change_sha": record.change_sha,
+        "state_sha": record.state_sha,
+        "closed_at": record.closed_at,
+        "participants": record.participants,
+        "metrics": json.dumps(record.metrics, sort_keys=True),
+        "version": record.version,
+    }
+
+
+def round_from_row(row: Mapping[Any, Any]) -> Round:
+    return Round(
+        job_id=row["job_id"],
+        index=row["idx"],
+        state=RoundState(row["state"]),
+        opened_at=row["opened_at"],
+        deadline_at=row["deadline_at"],
+        base_sha=row["base_sha"],
+        change_sha=row["change_sha"],
+        state_sha=row["state_sha"],
+        closed_at=row["closed_at"],
+        participants=row["participants"],
+        metrics=json.loads(row["metrics"]),
+        version=row["version"],
+    )
+
+
+def update_row(update: RoundUpdate) -> dict[str, Any]:
+    return {name: getattr(update, name) for name in _UPDATE_FIELDS}
+
+
+def update_from_row(row: Mapping[Any, Any]) -> RoundUpdate:
+    return RoundUpdate(**{name: row[name] for name in _UPDATE_FIELDS})

@@ -11,6 +11,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from lumbung.wire.spec import JobSpec, Scalar
+from lumbung.wire.train import TrainSpec
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Progress = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -37,6 +38,10 @@ class Isolation(Model):
     notes: list[str] = Field(default_factory=list)
 
 
+JobKind = Literal["run", "train"]
+_RUN_ONLY: tuple[JobKind, ...] = ("run",)
+
+
 class Inventory(Model):
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
     cpus: Annotated[int, Field(ge=1, le=4096)]
@@ -46,6 +51,8 @@ class Inventory(Model):
     python: str = ""
     torch: str | None = None
     isolation: Isolation = Field(default_factory=Isolation)
+    # The job kinds this node can run; a node offers "train" once it has a training runner.
+    kinds: list[JobKind] = Field(default_factory=lambda: list(_RUN_ONLY), max_length=2)
 
 
 class NodeRegister(Model):
@@ -113,6 +120,8 @@ class Assignment(Model):
     # The checkpoint to restore before starting, when the task resumes after a failure.
     resume_from: Sha256 | None
     lease_expires_at: float
+    kind: JobKind = "run"
+    train: TrainSpec | None = None  # kind train: what the worker trains (its shard is params)
 
 
 class ClaimResponse(Model):
@@ -134,6 +143,51 @@ class CheckpointReport(Model):
     progress: Progress = 0.0
     # Seconds this attempt had run when the checkpoint was taken.
     runtime_s: Annotated[float, Field(ge=0.0)]
+
+
+class RoundInfo(Model):
+    """What a train task's worker does next (``GET /v1/tasks/{id}/round``)."""
+
+    round: int
+    # open: train from base and send an update; submitted: this task's update is in, wait for
+    # the next round; done: training is over, complete the task.
+    state: Literal["open", "submitted", "done"]
+    rounds_total: int
+    deadline_at: float
+    # The full weights to start from (codec "none"); None only in round 0 before any worker sent
+    # the initial weights: then initialise from the job's seed and send them as initial_sha.
+    base_sha: Sha256 | None
+    # The compressed change from the previous round's base: a worker holding that base (named
+    # in previous_base_sha) downloads this instead of the full weights.
+    change_sha: Sha256 | None
+    previous_base_sha: Sha256 | None
+
+
+class RoundUpdateReport(Model):
+    """A worker's pseudo-gradient for a round, uploaded as a blob first (lumbung.train.codec)."""
+
+    attempt: Annotated[int, Field(ge=1)]
+    sha256: Sha256
+    base_sha: Sha256  # the full weights it trained from; must be the round's base
+    initial_sha: Sha256 | None = None  # round 0 only: the seeded initial weights it started from
+    tokens: Annotated[int, Field(ge=0, le=10**15)]
+    inner_steps: Annotated[int, Field(ge=1, le=10**7)]
+    train_loss: Annotated[float, Field(allow_inf_nan=False)]
+    base_val_loss: Annotated[float | None, Field(allow_inf_nan=False)] = None
+    bytes_down: Annotated[int, Field(ge=0, le=10**15)]
+    runtime_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+
+
+class RoundView(Model):
+    index: int
+    state: str
+    participants: int
+    opened_at: float
+    closed_at: float | None
+    base_sha: str | None
+    # train_loss, base_val_loss (of the weights the round started from), tokens, bytes_up,
+    # bytes_down, duration_s
+    metrics: dict[str, float]
 
 
 class TaskComplete(Model):
@@ -251,6 +305,9 @@ class JobView(Model):
     error: str | None
     work: list[WorkView]
     escrow: EscrowView | None = None
+    rounds: list[RoundView] = Field(default_factory=list)  # kind train
+    # kind train: the trained model's flat float32 weights (lumbung.train.codec, codec "none")
+    model_sha256: str | None = None
 
 
 class JobSummary(Model):

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from lumbung.errors import Rejected
 from lumbung.ids import is_sha256_hex
+from lumbung.wire.train import TrainSpec
 
 MAX_TASKS_PER_JOB = 10_000
 _ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -90,10 +91,12 @@ class InputSpec(Strict):
 
 
 class JobSpec(Strict):
-    """A job of kind ``run``: a command or a Python entry point, fanned out into tasks."""
+    """A job: ``run`` (a command or a Python entry point, fanned out into tasks) or ``train`` (one
+    model trained across ``train.workers.wanted`` workers, one task each)."""
 
     name: Annotated[str, Field(min_length=1, max_length=100)]
-    kind: Literal["run"] = "run"
+    kind: Literal["run", "train"] = "run"
+    train: TrainSpec | None = Field(default=None, description="the training job (kind: train)")
     command: list[str] | None = Field(
         default=None, description="argv; '{param}' is replaced by the task's grid value"
     )
@@ -153,7 +156,11 @@ class JobSpec(Strict):
 
     @model_validator(mode="after")
     def _whole(self) -> JobSpec:
-        if (self.command is None) == (self.entrypoint is None):
+        if self.kind == "train":
+            self._check_train()
+        elif self.train is not None:
+            raise ValueError("a 'train' section needs kind: train")
+        elif (self.command is None) == (self.entrypoint is None):
             raise ValueError("give exactly one of 'command' or 'entrypoint'")
         names = [i.name for i in self.inputs]
         if len(set(names)) != len(names):
@@ -162,11 +169,24 @@ class JobSpec(Strict):
             raise ValueError(f"count x grid gives more than {MAX_TASKS_PER_JOB} tasks")
         return self
 
+    def _check_train(self) -> None:
+        if self.train is None:
+            raise ValueError("kind: train needs a 'train' section")
+        if self.command is not None or self.entrypoint is not None:
+            raise ValueError("a train job runs the built-in worker: no command or entrypoint")
+        if self.grid or self.count != 1:
+            raise ValueError("a train job has one task per worker (train.workers.wanted)")
+
     def task_count(self) -> int:
+        if self.train is not None:
+            return self.train.workers.wanted
         return self.count * math.prod(len(v) for v in self.grid.values())
 
     def task_params(self) -> list[dict[str, Scalar]]:
-        """The parameters of each task, in a stable order: the grid's product, ``count`` times."""
+        """The parameters of each task, in a stable order: the grid's product, ``count`` times;
+        for a train job, each worker's shard."""
+        if self.train is not None:
+            return [{"shard": i} for i in range(self.train.workers.wanted)]
         keys = sorted(self.grid)
         combos = [
             dict(zip(keys, vals, strict=True))

@@ -1,0 +1,361 @@
+"""Training rounds on the hub: hand out the weights, take the workers' updates, close each round.
+
+A ``train`` job's workers are its tasks, one per shard, leased like any task. Each round a worker
+asks ``round_info`` what to do, downloads the round's weights (the full weights, or the compressed
+change from the round before when it holds that), takes H inner steps, uploads its compressed
+pseudo-gradient as a blob and reports it with ``submit_update``. A round closes when every
+wanted worker has reported, when every worker still holding a lease has (a dead worker only
+shrinks the round), or at its deadline with at least the minimum; the hub then averages the
+updates and applies the outer Nesterov step with numpy (``lumbung.train.rounds.close_round``;
+the hub never imports torch) and opens the next round. Everything a round needs is in the store
+and the blob store, so a hub restarted mid-round carries on.
+
+Round 0 has no weights until the first worker sends its seeded initial weights with its update;
+every worker initialises from the job's seed, so they all start from the same bits, which the
+hub checks by hash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import statistics
+
+import numpy as np
+
+from lumbung.errors import Conflict, LumbungError, NotFound, Rejected, StaleWrite
+from lumbung.hub import escrow
+from lumbung.hub.context import HubContext
+from lumbung.hub.reports import held_task
+from lumbung.hub.settle import current_work
+from lumbung.market.model import Job, Round, RoundState, RoundUpdate, TaskState
+from lumbung.store.protocol import Changes
+from lumbung.train.codec import HEADER, CodecConfig, decode, encoded_size_bytes
+from lumbung.train.outer import OuterConfig
+from lumbung.train.rounds import FULL_WEIGHTS, GlobalState, close_round, full_weights
+from lumbung.wire.api import RoundInfo, RoundUpdateReport
+from lumbung.wire.train import TrainSpec
+
+log = logging.getLogger("lumbung.hub.rounds")
+
+
+def train_spec(job: Job) -> TrainSpec:
+    if job.spec.train is None:
+        raise Rejected(f"job {job.id} is not a train job", field="task_id")
+    return job.spec.train
+
+
+def round_info(ctx: HubContext, node_id: str, task_id: str, attempt: int) -> RoundInfo:
+    """What the worker holding ``task_id`` should do now."""
+    task = held_task(ctx, node_id, task_id, attempt)
+    job = ctx.store.get_job(task.job_id)
+    spec = train_spec(job)
+    current = _current_round(ctx, job, spec)
+    total = spec.total_rounds()
+    if current.state is RoundState.CLOSED:
+        state = "done"
+    elif any(u.task_id == task_id for u in ctx.store.list_updates(job.id, current.index)):
+        state = "submitted"
+    else:
+        state = "open"
+    previous = ctx.store.get_round(job.id, current.index - 1) if current.index > 0 else None
+    return RoundInfo(
+        round=current.index,
+        state=state,  # type: ignore[arg-type]
+        rounds_total=total,
+        deadline_at=current.deadline_at,
+        base_sha=current.base_sha,
+        change_sha=current.change_sha,
+        previous_base_sha=previous.base_sha if previous is not None else None,
+    )
+
+
+def submit_update(
+    ctx: HubContext, node_id: str, task_id: str, round_index: int, report: RoundUpdateReport
+) -> None:
+    """Take one worker's pseudo-gradient for ``round_index``; close the round if it is complete.
+
+    Refused, with nothing written: a task not held by this node (403) or a stale attempt (409),
+    a round that is not the open one (409, field ``round``), weights other than the round's
+    (409, ``base_sha``), a blob never uploaded or not a valid update for this model (422,
+    ``sha256``), a second update from the same task (409, ``round``).
+    """
+    now = ctx.clock()
+    task = held_task(ctx, node_id, task_id, report.attempt)
+    job = ctx.store.get_job(task.job_id)
+    spec = train_spec(job)
+    current = _current_round(ctx, job, spec)
+    if current.index != round_index or current.state is not RoundState.OPEN:
+        raise Conflict(
+            f"round {round_index} is not open; the current round is {current.index} "
+            f"({current.state})",
+            field="round",
+        )
+    changes = Changes()
+    numel = _base_weights(ctx, current, report, changes)
+    _check_update_blob(ctx, report.sha256, numel)
+    work = current_work(ctx, task)
+    work.kept_s = max(work.kept_s, report.runtime_s)  # the inner steps it sent are kept work
+    changes.work.append(work)
+    changes.updates.append(
+        RoundUpdate(
+            job_id=job.id,
+            round_index=round_index,
+            task_id=task.id,
+            node_id=node_id,
+            attempt=report.attempt,
+            sha256=report.sha256,
+            size_bytes=ctx.blobs.size(report.sha256),
+            tokens=report.tokens,
+            inner_steps=report.inner_steps,
+            train_loss=report.train_loss,
+            base_val_loss=report.base_val_loss,
+            bytes_down=report.bytes_down,
+            created_at=now,
+        )
+    )
+    ctx.store.apply(changes)
+    escrow.settle_quietly(ctx, job.id)
+    maybe_close(ctx, job.id)
+
+
+def maybe_close(ctx: HubContext, job_id: str, *, deadline_passed: bool = False) -> bool:
+    """Close the job's open round if it is complete (or due); True if this call closed it.
+
+    Two hubs (or threads) closing the same round race on the round's version: one wins, the
+    other's write is stale and it does nothing.
+    """
+    job = ctx.store.get_job(job_id)
+    spec = train_spec(job)
+    current = _current_round(ctx, job, spec)
+    if current.state is not RoundState.OPEN:
+        return False
+    updates = ctx.store.list_updates(job_id, current.index)
+    if not _complete(ctx, job_id, spec, updates, deadline_passed):
+        if deadline_passed:
+            _extend_deadline(ctx, current, spec, len(updates))
+        return False
+    try:
+        _close(ctx, spec, current, updates)
+    except StaleWrite:
+        return False  # someone else closed it first
+    return True
+
+
+def close_due_rounds(ctx: HubContext) -> int:
+    """Close (or extend) every open round past its deadline; returns how many closed."""
+    closed = 0
+    for due in ctx.store.rounds_due(ctx.clock()):
+        try:
+            closed += maybe_close(ctx, due.job_id, deadline_passed=True)
+        except LumbungError:
+            log.exception("closing round %d of job %s failed", due.index, due.job_id)
+    return closed
+
+
+def close_ready_rounds(ctx: HubContext) -> int:
+    """Close every open round that is complete now, e.g. after a dead worker's lease expired."""
+    closed = 0
+    for open_round in ctx.store.rounds_due(float("inf")):
+        try:
+            closed += maybe_close(ctx, open_round.job_id)
+        except LumbungError:
+            log.exception("closing round %d of job %s failed", open_round.index, open_round.job_id)
+    return closed
+
+
+def _current_round(ctx: HubContext, job: Job, spec: TrainSpec) -> Round:
+    """The job's newest round; round 0 is made on first use (its deadline starts then)."""
+    try:
+        return ctx.store.latest_round(job.id)
+    except NotFound:
+        pass
+    now = ctx.clock()
+    first = Round(
+        job_id=job.id,
+        index=0,
+        state=RoundState.OPEN,
+        opened_at=now,
+        deadline_at=now + spec.round_deadline_s,
+    )
+    with contextlib.suppress(Conflict):  # another request made it first
+        ctx.store.apply(Changes(new_rounds=[first]))
+    return ctx.store.latest_round(job.id)
+
+
+def _base_weights(
+    ctx: HubContext, current: Round, report: RoundUpdateReport, changes: Changes
+) -> int:
+    """Check the update was trained from the round's weights; returns their element count.
+
+    In round 0 the first update's initial weights become the round's base (and the hub's first
+    outer state); later round-0 updates must name the same initial weights.
+    """
+    if current.base_sha is not None:
+        if report.base_sha != current.base_sha:
+            raise Conflict(
+                f"trained from {report.base_sha}, but round {current.index} starts from "
+                f"{current.base_sha}",
+                field="base_sha",
+            )
+        return _numel(ctx, current.base_sha)
+    if report.initial_sha is None or report.initial_sha != report.base_sha:
+        raise Rejected(
+            "round 0 has no weights yet: send the seeded initial weights as initial_sha "
+            "(and base_sha)",
+            field="initial_sha",
+        )
+    initial = _read_vector(ctx, report.initial_sha, "initial_sha")
+    state = GlobalState.start(initial)
+    current.base_sha = report.initial_sha
+    current.state_sha = ctx.blobs.put_bytes(_dump_state(state))
+    changes.rounds.append(current)
+    return state.numel
+
+
+def _check_update_blob(ctx: HubContext, sha256: str, numel: int) -> None:
+    if not ctx.blobs.exists(sha256):
+        raise Rejected(f"update {sha256} was not uploaded", field="sha256")
+    try:
+        decode(_read(ctx, sha256), numel)
+    except Rejected as exc:
+        raise Rejected(f"update {sha256}: {exc.message}", field="sha256") from exc
+
+
+def _complete(
+    ctx: HubContext,
+    job_id: str,
+    spec: TrainSpec,
+    updates: list[RoundUpdate],
+    deadline_passed: bool,
+) -> bool:
+    reported = {u.task_id for u in updates}
+    if len(reported) >= spec.workers.wanted:
+        return True
+    if len(reported) < spec.workers.minimum:
+        return False
+    if deadline_passed:
+        return True
+    # Every worker that still holds a lease has reported: waiting longer waits for nobody.
+    running = [t for t in ctx.store.list_tasks(job_id) if t.state is TaskState.RUNNING]
+    return all(t.id in reported for t in running)
+
+
+def _extend_deadline(ctx: HubContext, current: Round, spec: TrainSpec, reported: int) -> None:
+    """Too few updates at the deadline: wait another deadline for re-leased workers."""
+    log.info(
+        "round %d of job %s has %d of at least %d updates at its deadline; waiting longer",
+        current.index,
+        current.job_id,
+        reported,
+        spec.workers.minimum,
+    )
+    current.deadline_at = ctx.clock() + spec.round_deadline_s
+    with contextlib.suppress(StaleWrite):  # closed or extended meanwhile
+        ctx.store.apply(Changes(rounds=[current]))
+
+
+def _close(ctx: HubContext, spec: TrainSpec, current: Round, updates: list[RoundUpdate]) -> None:
+    if current.state_sha is None:
+        raise AssertionError("an open round with updates always has its outer state")
+    now = ctx.clock()
+    state = _load_state(_read(ctx, current.state_sha))
+    outer = OuterConfig(spec.outer.lr, spec.outer.momentum, spec.outer.nesterov)
+    codec = CodecConfig(spec.compression.codec, spec.compression.block_size)
+    closed = close_round(state, [_read(ctx, u.sha256) for u in updates], outer, codec)
+    next_state = closed.state
+    base_sha = ctx.blobs.put_bytes(full_weights(next_state))
+    change_sha = ctx.blobs.put_bytes(closed.change)
+    state_sha = ctx.blobs.put_bytes(_dump_state(next_state))
+    current.state = RoundState.CLOSED
+    current.closed_at = now
+    current.participants = len(updates)
+    current.metrics = _metrics(current, updates, now)
+    final = current.index + 1 >= spec.total_rounds()
+    following = Round(
+        job_id=current.job_id,
+        index=current.index + 1,
+        # The round after the last is closed from the start: its base is the trained model.
+        state=RoundState.CLOSED if final else RoundState.OPEN,
+        opened_at=now,
+        deadline_at=now + spec.round_deadline_s,
+        base_sha=base_sha,
+        change_sha=change_sha,
+        state_sha=state_sha,
+        closed_at=now if final else None,
+    )
+    ctx.store.apply(Changes(rounds=[current], new_rounds=[following]))
+    log.info(
+        "job %s round %d closed with %d update(s)%s",
+        current.job_id,
+        current.index,
+        len(updates),
+        "; training done" if final else "",
+    )
+
+
+def _metrics(current: Round, updates: list[RoundUpdate], now: float) -> dict[str, float]:
+    val = [u.base_val_loss for u in updates if u.base_val_loss is not None]
+    metrics = {
+        "train_loss": statistics.fmean(u.train_loss for u in updates),
+        "tokens": float(sum(u.tokens for u in updates)),
+        "bytes_up": float(sum(u.size_bytes for u in updates)),
+        "bytes_down": float(sum(u.bytes_down for u in updates)),
+        "duration_s": now - current.opened_at,
+    }
+    if val:
+        metrics["base_val_loss"] = statistics.fmean(val)
+    return metrics
+
+
+def _numel(ctx: HubContext, sha256: str) -> int:
+    with ctx.blobs.open(sha256) as f:
+        header = f.read(HEADER.size)
+    if len(header) < HEADER.size:
+        raise AssertionError(f"the hub's own weights blob {sha256} is truncated")
+    return int(HEADER.unpack(header)[5])
+
+
+def _read(ctx: HubContext, sha256: str) -> bytes:
+    with ctx.blobs.open(sha256) as f:
+        return f.read()
+
+
+def _read_vector(ctx: HubContext, sha256: str, field: str) -> np.ndarray:
+    if not ctx.blobs.exists(sha256):
+        raise Rejected(f"{sha256} was not uploaded", field=field)
+    blob = _read(ctx, sha256)
+    if len(blob) < HEADER.size:
+        raise Rejected("not a weights message", field=field)
+    numel = int(HEADER.unpack_from(blob)[5])
+    try:
+        values = decode(blob, numel)
+    except Rejected as exc:
+        raise Rejected(f"{field}: {exc.message}", field=field) from exc
+    if len(blob) != encoded_size_bytes(numel, FULL_WEIGHTS):
+        raise Rejected("initial weights must be sent whole (codec none)", field=field)
+    return values
+
+
+def _dump_state(state: GlobalState) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(
+        buffer,
+        round_index=np.array(state.round_index),
+        weights=state.weights,
+        published=state.published,
+        momentum=state.momentum,
+    )
+    return buffer.getvalue()
+
+
+def _load_state(blob: bytes) -> GlobalState:
+    # The hub's own blob (content-addressed, written by _dump_state): no pickles are allowed.
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        return GlobalState(
+            round_index=int(data["round_index"]),
+            weights=data["weights"].astype(np.float32),
+            published=data["published"].astype(np.float32),
+            momentum=data["momentum"].astype(np.float32),
+        )
