@@ -3,6 +3,8 @@ mid-round, and a trained model at the end (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,22 @@ def test_a_train_job_across_three_nodes_ends_with_a_better_model(
     cluster.client.download(job.model_sha256, dest)
     assert np.isfinite(decode(dest.read_bytes(), _numel(dest))).all()
     assert all(w.kept_s > 0 for w in job.work)
+
+    sample = _lumbung(cluster, "model", "sample", job_id, "--prompt", "ROMEO:", "--length", "60")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("ROMEO:") and len(sample.stdout.strip()) >= 60
+    out = tmp_path / "results"
+    done = _lumbung(cluster, "job", "results", job_id, "--download", str(out))
+    assert done.returncode == 0, done.stderr
+    assert (out / "model.bin").read_bytes() == dest.read_bytes()
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 3
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _lumbung(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
+    argv = [sys.executable, "-m", "lumbung", *args, "--hub", cluster.url]
+    argv += ["--data-dir", str(cluster.root / "client")]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
 
 
 def test_kill_9_of_a_worker_mid_round_shrinks_that_round_and_the_job_completes(

@@ -47,10 +47,10 @@ def test_help_lists_every_command(runner: CliRunner) -> None:
     result = runner.invoke(app, ["--help"])
 
     assert result.exit_code == 0
-    for command in ("hub", "node", "job", "nodes", "demo"):
+    for command in ("hub", "node", "job", "nodes", "model", "demo"):
         assert command in result.stdout
     job_help = runner.invoke(app, ["job", "--help"]).stdout
-    for command in ("submit", "plan", "status", "list", "logs", "results", "cancel"):
+    for command in ("submit", "plan", "status", "watch", "list", "logs", "results", "cancel"):
         assert command in job_help
 
 
@@ -273,3 +273,21 @@ def test_rounds_table_shows_losses_bytes_and_the_open_round() -> None:
     assert "3.123" in text and "4.200" in text
     assert "3.7 KB" in text and "2.5 MB" in text and "12.5 s" in text
     assert "..." in text and "open" in text
+
+
+def test_loss_curve_is_a_sparkline_from_first_to_last_loss() -> None:
+    rounds = [
+        RoundView(
+            index=i,
+            state="closed",
+            participants=2,
+            opened_at=0.0,
+            closed_at=1.0,
+            base_sha=None,
+            metrics={"train_loss": loss},
+        )
+        for i, loss in enumerate([4.0, 3.0, 2.5, 2.0])
+    ]
+    text = plain(render.loss_curve(rounds))
+    assert text.strip() == "train loss 4.000 █▅▃▁ 2.000"
+    assert "no round closed" in plain(render.loss_curve([]))

@@ -189,6 +189,23 @@ def status(
     render.stdout_console().print(render.job_view(job, names))
 
 
+@job_app.command()
+def watch(job_id: JobIdArgument, hub: HubOption = None, data_dir: DataDirOption = None) -> None:
+    """Watch a job live until it ends (a train job: its rounds and loss curve); exit 0 only if it
+    succeeds."""
+    console = render.stdout_console()
+    with connect(hub, data_dir) as client:
+        job = watch_job(client, job_id, console)
+    if job.work:
+        console.print(render.work_table(job.work))
+    if job.model_sha256 is not None:
+        console.print(f"trained model: {job.model_sha256}")
+    if job.escrow is not None:
+        console.print(render.escrow_line(job.escrow))
+    if job.state != "succeeded":
+        raise typer.Exit(1)
+
+
 @job_app.command("list")
 def list_jobs(
     json: JsonOption = False, hub: HubOption = None, data_dir: DataDirOption = None
@@ -245,7 +262,8 @@ def results(
     hub: HubOption = None,
     data_dir: DataDirOption = None,
 ) -> None:
-    """Each task's outcome and outputs; optionally download the outputs."""
+    """Each task's outcome and outputs; optionally download the outputs (and for a train job
+    its model, metrics.csv and loss.png)."""
     with connect(hub, data_dir) as client:
         outcome = client.results(job_id)
         if download is not None:
@@ -254,6 +272,11 @@ def results(
                     dest = download / f"task-{task.index}" / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
                     client.download(sha256, dest)
+            job = client.get(job_id)
+            if job.spec.train is not None:
+                from lumbung.cli.model import write_training_results
+
+                write_training_results(client, job, download)
         if json:
             render.print_json(outcome)
             return

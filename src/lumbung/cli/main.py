@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from typer.core import TyperGroup
 
-from lumbung.cli import jobs, ledger, render, witness
+from lumbung.cli import jobs, ledger, model, render, witness
 from lumbung.config import HubConfig, NodeConfig, load
 from lumbung.errors import LumbungError
 
@@ -47,6 +47,7 @@ app.add_typer(node_app, name="node")
 app.add_typer(jobs.job_app, name="job")
 app.command("nodes")(jobs.nodes)
 app.add_typer(ledger.ledger_app, name="ledger")
+app.add_typer(model.model_app, name="model")
 app.command("account")(ledger.account)
 app.command("witness")(witness.witness)
 

@@ -217,6 +217,11 @@ def job_view(job: JobView, node_names: Mapping[str, str]) -> RenderableType:
     return Group(*parts)
 
 
+# Rounds shown live under a train job; the whole table is in `job status`.
+WATCH_ROUNDS = 12
+_SPARKS = "▁▂▃▄▅▆▇█"
+
+
 def rounds_table(rounds: Sequence[RoundView]) -> Table:
     """A train job's rounds: who took part, the losses, the bytes each way, how long it took.
 
@@ -306,7 +311,21 @@ def watch_view(
         style = "red" if line.stream == "stderr" else "dim"
         logs.append(f"[task {index_of.get(line.task_id, '?')}] ", style="bold")
         logs.append(line.text.rstrip("\n") + "\n", style=style)
+    if job.rounds:
+        recent = job.rounds[-WATCH_ROUNDS:]
+        return Group(counts_line(job), rounds_table(recent), loss_curve(job.rounds), logs)
     return Group(counts_line(job), tasks_table(job, node_names), logs)
+
+
+def loss_curve(rounds: Sequence[RoundView]) -> Text:
+    """The training loss by round as a one-line sparkline, first and last value beside it."""
+    losses = [r.metrics["train_loss"] for r in rounds if "train_loss" in r.metrics]
+    if not losses:
+        return Text("loss curve: no round closed yet", style="dim")
+    low, high = min(losses), max(losses)
+    span = (high - low) or 1.0
+    marks = "".join(_SPARKS[round((v - low) / span * (len(_SPARKS) - 1))] for v in losses)
+    return Text(f"train loss {losses[0]:.3f} {marks} {losses[-1]:.3f}")
 
 
 def jobs_table(jobs: Sequence[JobSummary]) -> Table:

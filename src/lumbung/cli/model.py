@@ -1,0 +1,117 @@
+"""``lumbung model sample``: text from a train job's model, and the files of a training's results.
+
+Sampling runs ``python -m lumbung.train.sample`` in a subprocess: the CLI never imports torch
+(a hub operator's or auditor's machine need not have it); the subprocess needs ``lumbung[train]``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from lumbung.cli import render
+from lumbung.cli.jobs import DataDirOption, HubOption, JobIdArgument, connect
+from lumbung.client import Client
+from lumbung.errors import NotFound, Unavailable
+from lumbung.wire.api import JobView
+
+model_app = typer.Typer(help="Use the models train jobs produced.", no_args_is_help=True)
+MODELS_CACHE = Path.home() / ".cache" / "lumbung" / "models"
+
+
+@model_app.command("sample")
+def sample(
+    job_id: JobIdArgument,
+    prompt: Annotated[str, typer.Option(help="Text the model continues.")] = "ROMEO:",
+    length: Annotated[int, typer.Option(min=1, max=10_000, help="Characters to write.")] = 300,
+    temperature: Annotated[float, typer.Option(min=0.01, max=10.0)] = 0.8,
+    seed: Annotated[int, typer.Option(help="Same seed, same text.")] = 0,
+    hub: HubOption = None,
+    data_dir: DataDirOption = None,
+) -> None:
+    """Generate text with a train job's trained model."""
+    if importlib.util.find_spec("torch") is None:
+        raise Unavailable("sampling needs torch: pip install 'lumbung[train]'")
+    with connect(hub, data_dir) as client:
+        job = client.get(job_id)
+        weights = fetch_model(client, job, MODELS_CACHE)
+    assert job.spec.train is not None  # fetch_model checked it
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path = Path(tmp) / "train.json"
+        spec_path.write_text(job.spec.train.model_dump_json())
+        argv = [
+            *(sys.executable, "-m", "lumbung.train.sample"),
+            *("--spec", str(spec_path), "--weights", str(weights), "--prompt", prompt),
+            *("--length", str(length), "--temperature", str(temperature), "--seed", str(seed)),
+        ]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise Unavailable(f"sampling failed: {done.stderr.strip()[-1000:]}")
+    render.stdout_console().print(done.stdout.rstrip("\n"), markup=False, highlight=False)
+
+
+def fetch_model(client: Client, job: JobView, cache: Path) -> Path:
+    """The job's trained model in ``cache`` (downloaded once, verified against its hash)."""
+    if job.spec.train is None:
+        raise NotFound(f"job {job.id} is not a train job", field="job_id")
+    if job.model_sha256 is None:
+        raise NotFound(f"job {job.id} has no trained model yet ({job.state})", field="job_id")
+    dest = cache / job.model_sha256
+    if not dest.exists():
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        client.download(job.model_sha256, dest)
+    return dest
+
+
+def write_training_results(client: Client, job: JobView, out_dir: Path) -> list[Path]:
+    """A train job's results as files: the model, the metrics per round (CSV), the loss plot."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    if job.model_sha256 is not None:
+        model = out_dir / "model.bin"
+        client.download(job.model_sha256, model)
+        written.append(model)
+    metrics = out_dir / "metrics.csv"
+    columns = ["round", "participants", "train_loss", "base_val_loss", "tokens"]
+    columns += ["bytes_up", "bytes_down", "duration_s"]
+    with metrics.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        for r in job.rounds:
+            values = [r.metrics.get(c, "") for c in columns[2:]]
+            writer.writerow([r.index, r.participants, *values])
+    written.append(metrics)
+    written.append(plot_losses(job, out_dir / "loss.png"))
+    return written
+
+
+def plot_losses(job: JobView, dest: Path) -> Path:
+    """Training and validation loss by round, as a PNG (matplotlib, no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    closed = [r for r in job.rounds if "train_loss" in r.metrics]
+    figure, axes = pyplot.subplots(figsize=(6, 4), dpi=100)
+    axes.plot([r.index for r in closed], [r.metrics["train_loss"] for r in closed], label="train")
+    val = [r for r in closed if "base_val_loss" in r.metrics]
+    # A round's base_val_loss scores the weights it started from: those of the round before.
+    axes.plot(
+        [r.index - 1 for r in val], [r.metrics["base_val_loss"] for r in val], label="validation"
+    )
+    axes.set_xlabel("round")
+    axes.set_ylabel("loss (nats per character)")
+    axes.set_title(job.name)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(dest)
+    pyplot.close(figure)
+    return dest
