@@ -397,8 +397,8 @@ def _sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def run_demo(*, keep: bool, max_tasks: int) -> int:
-    """Run the whole demo; its exit code."""
+def run_demo(*, keep: bool, max_tasks: int, sweep: bool = False, long: bool = False) -> int:
+    """Run the whole demo (the training, or with ``sweep`` the digits sweep); its exit code."""
     console = render.stdout_console()
     root = Path(tempfile.mkdtemp(prefix="lumbung-demo-"))
     cluster = Cluster(root)
@@ -408,7 +408,12 @@ def run_demo(*, keep: bool, max_tasks: int) -> int:
             url = start_cluster(cluster, console)
             config = ClientConfig(hub_url=url, data_dir=root / "client")
             with Client.connect(url, config) as client:
-                code = run_sweep(cluster, client, console, max_tasks)
+                if sweep:
+                    code = run_sweep(cluster, client, console, max_tasks)
+                else:
+                    from lumbung.cli.demo_train import LONG, QUICK, run_training
+
+                    code = run_training(cluster, client, console, LONG if long else QUICK)
         console.print(f"demo took {time.monotonic() - started_s:.0f} s")
         return code
     except KeyboardInterrupt:

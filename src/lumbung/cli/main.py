@@ -160,11 +160,18 @@ def node_start(
 @app.command("demo")
 def demo(
     keep: Annotated[bool, typer.Option("--keep", help="Keep the demo's directory.")] = False,
+    long: Annotated[
+        bool, typer.Option("--long", help="Train a bigger model for 40 rounds (some minutes).")
+    ] = False,
+    sweep: Annotated[
+        bool, typer.Option("--sweep", help="Instead: a hyper-parameter sweep of run tasks.")
+    ] = False,
     tasks: Annotated[
         int, typer.Option("--tasks", min=1, max=6, help="Run at most this many sweep tasks.")
     ] = 6,
 ) -> None:
-    """A hub and three nodes on this machine, a sweep, a node killed mid-task, and the bill."""
+    """A hub and three nodes on this machine train a model together, one node killed mid-round;
+    then the loss curve, the bytes saved, text the model writes, and the bill."""
     from lumbung.cli.demo import run_demo
 
-    raise typer.Exit(run_demo(keep=keep, max_tasks=tasks))
+    raise typer.Exit(run_demo(keep=keep, max_tasks=tasks, sweep=sweep, long=long))

@@ -37,12 +37,21 @@ def sample(
     data_dir: DataDirOption = None,
 ) -> None:
     """Generate text with a train job's trained model."""
-    if importlib.util.find_spec("torch") is None:
-        raise Unavailable("sampling needs torch: pip install 'lumbung[train]'")
     with connect(hub, data_dir) as client:
         job = client.get(job_id)
         weights = fetch_model(client, job, MODELS_CACHE)
-    assert job.spec.train is not None  # fetch_model checked it
+    text = sample_text(job, weights, prompt, length, temperature, seed)
+    render.stdout_console().print(text, markup=False, highlight=False)
+
+
+def sample_text(
+    job: JobView, weights: Path, prompt: str, length: int, temperature: float, seed: int
+) -> str:
+    """``prompt`` continued by the job's model (``python -m lumbung.train.sample``)."""
+    if importlib.util.find_spec("torch") is None:
+        raise Unavailable("sampling needs torch: pip install 'lumbung[train]'")
+    if job.spec.train is None:
+        raise NotFound(f"job {job.id} is not a train job", field="job_id")
     with tempfile.TemporaryDirectory() as tmp:
         spec_path = Path(tmp) / "train.json"
         spec_path.write_text(job.spec.train.model_dump_json())
@@ -54,7 +63,7 @@ def sample(
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise Unavailable(f"sampling failed: {done.stderr.strip()[-1000:]}")
-    render.stdout_console().print(done.stdout.rstrip("\n"), markup=False, highlight=False)
+    return done.stdout.rstrip("\n")
 
 
 def fetch_model(client: Client, job: JobView, cache: Path) -> Path:

@@ -57,6 +57,7 @@ class Held:
 
 
 def main() -> int:
+    started = time.monotonic()  # the attempt's work starts here, data loading included
     env = os.environ
     spec = TrainSpec.model_validate_json(env["LUMBUNG_TRAIN_SPEC"])
     task_id, attempt = env["LUMBUNG_TASK_ID"], int(env["LUMBUNG_ATTEMPT"])
@@ -65,18 +66,24 @@ def main() -> int:
     identity = Identity.load_or_create(Path(env["LUMBUNG_NODE_DIR"]))
     session = NodeSession(env["LUMBUNG_HUB_URL"], identity, timeout_s=120.0)
     try:
-        return WorkerRun(spec, session, task_id, attempt, shard_index).loop()
+        return WorkerRun(spec, session, task_id, attempt, shard_index, started).loop()
     finally:
         session.close()
 
 
 class WorkerRun:
     def __init__(
-        self, spec: TrainSpec, session: NodeSession, task_id: str, attempt: int, shard_index: int
+        self,
+        spec: TrainSpec,
+        session: NodeSession,
+        task_id: str,
+        attempt: int,
+        shard_index: int,
+        started: float,
     ) -> None:
         self.spec, self.session = spec, session
         self.task_id, self.attempt = task_id, attempt
-        self.started = time.monotonic()
+        self.started = started
         cache = Path(os.environ.get("LUMBUNG_TRAIN_CACHE") or tempfile.gettempdir())
         corpus = load_shakespeare(spec.dataset.validation_plays, cache)
         m = spec.model
