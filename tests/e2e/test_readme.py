@@ -77,11 +77,14 @@ def _get(port: int, path: str) -> bool:
         return False
 
 
-def test_readme_by_hand_commands_run_as_written(workdir: tuple[Path, dict[str, str], int]) -> None:
+@pytest.mark.parametrize("block", ["by-hand", "train"])
+def test_readme_shell_blocks_run_as_written(
+    workdir: tuple[Path, dict[str, str], int], block: str
+) -> None:
     cwd, env, port = workdir
     background: list[subprocess.Popen[bytes]] = []
     try:
-        for line in readme_block("by-hand").strip().splitlines():
+        for line in readme_block(block).strip().splitlines():
             line = line.replace("8600", str(port))
             if line.endswith("&"):
                 with (cwd / f"bg{len(background)}.log").open("wb") as log:
