@@ -56,6 +56,7 @@ def test_a_train_job_across_three_nodes_ends_with_a_better_model(
     # Each round's base_val_loss scores the weights it started from: training lowered it.
     assert last["base_val_loss"] < first["base_val_loss"], job.rounds
     assert first["bytes_up"] > 0 and last["bytes_down"] > 0
+    assert len(job.rounds[0].devices) == 3 and set(job.rounds[0].devices) <= {"cpu", "cuda"}
     assert job.model_sha256 is not None
     dest = tmp_path / "model.bin"
     cluster.client.download(job.model_sha256, dest)

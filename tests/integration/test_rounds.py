@@ -140,6 +140,7 @@ def test_rounds_close_on_every_update_then_on_the_survivors_and_publish_the_oute
     assert [r["participants"] for r in view["rounds"]] == [3, 2]
     first = view["rounds"][0]["metrics"]
     assert first["bytes_up"] == 3 * len(encode(deltas[0], INT8)) and first["tokens"] == 3 * 4096
+    assert view["rounds"][0]["devices"] == ["cpu", "cpu", "cpu"]
     assert view["model_sha256"] is not None
     assert weights(hub, view["model_sha256"]).shape == (NUMEL,)
     # Kept inner steps are paid: 20 s at 1,000 micro-credits a second for each survivor.

@@ -483,6 +483,7 @@ def _update(task: Task, round_index: int, at: float) -> RoundUpdate:
         train_loss=2.5,
         base_val_loss=None if round_index == 0 else 2.7,
         bytes_down=5678,
+        device="cuda",
         created_at=at,
     )
 

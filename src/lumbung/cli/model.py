@@ -92,10 +92,10 @@ def write_training_results(client: Client, job: JobView, out_dir: Path) -> list[
     columns += ["bytes_up", "bytes_down", "duration_s"]
     with metrics.open("w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(columns)
+        writer.writerow([*columns, "devices"])
         for r in job.rounds:
             values = [r.metrics.get(c, "") for c in columns[2:]]
-            writer.writerow([r.index, r.participants, *values])
+            writer.writerow([r.index, r.participants, *values, " ".join(r.devices)])
     written.append(metrics)
     written.append(plot_losses(job, out_dir / "loss.png"))
     return written

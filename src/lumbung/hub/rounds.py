@@ -112,6 +112,7 @@ def submit_update(
             train_loss=report.train_loss,
             base_val_loss=report.base_val_loss,
             bytes_down=report.bytes_down,
+            device=report.device,
             created_at=now,
         )
     )

@@ -125,6 +125,7 @@ def _round_views(ctx: HubContext, job: Job) -> tuple[list[RoundView], str | None
             closed_at=r.closed_at,
             base_sha=r.base_sha,
             metrics=r.metrics,
+            devices=sorted(u.device for u in ctx.store.list_updates(job.id, r.index)),
         )
         for r in rounds
         if r.index < total  # the record past the last round only holds the model

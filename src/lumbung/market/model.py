@@ -168,4 +168,5 @@ class RoundUpdate:
     train_loss: float
     base_val_loss: float | None  # validation loss of the weights the worker started from
     bytes_down: int  # what the worker downloaded to start the round (full weights or a change)
+    device: str  # where its inner steps ran: "cpu", "cuda" (bf16 autocast), ...
     created_at: float

@@ -147,6 +147,7 @@ class WorkerRun:
             base_val_loss=base_val_loss,
             bytes_down=bytes_down,
             runtime_s=time.monotonic() - self.started,
+            device=result.device,
         )
         try:
             self.hub(lambda: self.session.send_update(self.task_id, info.round, report))

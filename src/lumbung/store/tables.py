@@ -196,6 +196,7 @@ round_updates = Table(
     Column("train_loss", Double, nullable=False),
     Column("base_val_loss", Double, nullable=True),
     Column("bytes_down", BigInteger, nullable=False),
+    Column("device", String(32), nullable=False),
     Column("created_at", Double, nullable=False),
 )
 

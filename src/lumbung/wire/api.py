@@ -176,6 +176,7 @@ class RoundUpdateReport(Model):
     base_val_loss: Annotated[float | None, Field(allow_inf_nan=False)] = None
     bytes_down: Annotated[int, Field(ge=0, le=10**15)]
     runtime_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    device: Annotated[str, Field(pattern=r"^[a-z0-9:_-]{1,32}$")] = "cpu"  # where it trained
 
 
 class RoundView(Model):
@@ -188,6 +189,7 @@ class RoundView(Model):
     # train_loss, base_val_loss (of the weights the round started from), tokens, bytes_up,
     # bytes_down, duration_s
     metrics: dict[str, float]
+    devices: list[str] = Field(default_factory=list)  # where each update's inner steps ran
 
 
 class TaskComplete(Model):

@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("train_loss", sa.Double, nullable=False),
         sa.Column("base_val_loss", sa.Double, nullable=True),
         sa.Column("bytes_down", sa.BigInteger, nullable=False),
+        sa.Column("device", sa.String(32), nullable=False),
         sa.Column("created_at", sa.Double, nullable=False),
     )
 
