@@ -216,3 +216,51 @@ def heartbeat(task: dict[str, Any] | None) -> dict[str, Any]:
         "draining": False,
         "tasks": [{"task_id": task["task_id"], "attempt": task["attempt"], "progress": 0.5}],
     }
+
+
+def test_a_cancelled_job_resumes_as_a_new_job_from_its_last_weights_and_momentum(
+    hub: Hub,
+) -> None:
+    nodes = trainers(hub, 2)
+    consumer = hub.actor()
+    two = {"workers": {"wanted": 2, "minimum": 2}}
+    first_id = consumer.submit(train_spec(rounds=5, **two))["job"]["id"]
+    tasks = claim_all(hub, nodes)
+    theta0 = np.zeros(NUMEL, dtype=np.float32)
+    initial = nodes[0].upload(encode(theta0, FULL_WEIGHTS))
+    delta = np.full(NUMEL, 0.01, dtype=np.float32)
+    send(nodes[0], tasks[0], 0, delta, initial, initial_sha=initial)
+    send(nodes[1], tasks[1], 0, delta, initial)
+    stopped_at = round_info(nodes[0], tasks[0])["base_sha"]  # round 1's weights
+    consumer.call("POST", f"/v1/jobs/{first_id}/cancel")
+
+    # Someone else cannot resume it; a different model cannot; its owner can.
+    stranger = hub.actor()
+    body = stranger.submit(train_spec(resume_from=first_id, **two), expect=403)
+    assert body["field"] == "spec.train.resume_from"
+    other_model = train_spec(resume_from=first_id, model={"dim": 64}, **two)
+    assert consumer.submit(other_model, expect=422)["field"] == "spec.train.resume_from"
+    resumed_id = consumer.submit(train_spec(rounds=1, resume_from=first_id, **two))["job"]["id"]
+
+    for node in nodes:  # the first job's cancelled tasks are gone; the new job's are leased
+        node.call("POST", "/v1/nodes/heartbeat", {"free_slots": 1, "draining": False, "tasks": []})
+    tasks = claim_all(hub, nodes)
+    info = round_info(nodes[0], tasks[0])
+    assert (info["round"], info["base_sha"]) == (0, stopped_at)
+    send(nodes[0], tasks[0], 0, delta, stopped_at)
+    send(nodes[1], tasks[1], 0, delta, stopped_at)
+    # The outer momentum carried over: the step is that of the first job's second round.
+    first_state = GlobalState.start(theta0)
+    after_one = close_round(first_state, [encode(delta, INT8)] * 2, OUTER, INT8).state
+    after_two = close_round(after_one, [encode(delta, INT8)] * 2, OUTER, INT8).state
+    model = consumer.call("GET", f"/v1/jobs/{resumed_id}")["model_sha256"]
+    np.testing.assert_array_equal(weights(hub, model), after_two.published)
+
+
+def test_resuming_needs_a_job_that_finished_a_round(hub: Hub) -> None:
+    consumer = hub.actor()
+    never_ran = consumer.submit(train_spec())["job"]["id"]
+    body = consumer.submit(train_spec(resume_from=never_ran), expect=422)
+    assert body["field"] == "spec.train.resume_from" and "no round" in body["message"]
+    missing = consumer.submit(train_spec(resume_from="job_" + "a" * 16), expect=404)
+    assert missing["field"] == "spec.train.resume_from"

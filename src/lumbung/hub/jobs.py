@@ -6,7 +6,7 @@ A consumer sees and changes only its own jobs (403 otherwise).
 from __future__ import annotations
 
 from lumbung.errors import Conflict, Forbidden, Rejected
-from lumbung.hub import escrow
+from lumbung.hub import escrow, rounds
 from lumbung.hub.context import HubContext
 from lumbung.hub.settle import current_work
 from lumbung.hub.views import job_view
@@ -44,6 +44,8 @@ def submit(ctx: HubContext, owner: str, spec: JobSpec, escrow_leaf: str) -> Subm
     """
     signed = escrow.decode_escrow(escrow_leaf)
     the_plan = plan(ctx, spec)
+    if spec.train is not None:
+        rounds.check_resume(ctx, owner, spec.train)
     for i, item in enumerate(spec.inputs):
         if item.sha256 is not None and not ctx.blobs.exists(item.sha256):
             raise Rejected(

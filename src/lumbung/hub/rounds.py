@@ -24,7 +24,7 @@ import statistics
 
 import numpy as np
 
-from lumbung.errors import Conflict, LumbungError, NotFound, Rejected, StaleWrite
+from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected, StaleWrite
 from lumbung.hub import escrow
 from lumbung.hub.context import HubContext
 from lumbung.hub.reports import held_task
@@ -166,8 +166,41 @@ def close_ready_rounds(ctx: HubContext) -> int:
     return closed
 
 
+def check_resume(ctx: HubContext, owner: str, spec: TrainSpec) -> None:
+    """A job resumed from another must name one of the owner's train jobs, of the same model
+    and dataset, that got at least one round done; else nothing is submitted."""
+    if spec.resume_from is None:
+        return
+    field = "spec.train.resume_from"
+    try:
+        source = ctx.store.get_job(spec.resume_from)
+    except NotFound as exc:
+        raise NotFound(f"no job {spec.resume_from} to resume from", field=field) from exc
+    if source.owner != owner:
+        raise Forbidden(f"job {source.id} belongs to another account", field=field)
+    earlier = source.spec.train
+    if earlier is None or (earlier.model, earlier.dataset) != (spec.model, spec.dataset):
+        raise Rejected(
+            f"job {source.id} did not train this model on this dataset: nothing to resume",
+            field=field,
+        )
+    _resume_point(ctx, source.id, field)
+
+
+def _resume_point(ctx: HubContext, job_id: str, field: str) -> Round:
+    """The round of ``job_id`` to resume from: its newest, whose base holds every update so far."""
+    try:
+        latest = ctx.store.latest_round(job_id)
+    except NotFound as exc:
+        raise Rejected(f"job {job_id} finished no round to resume from", field=field) from exc
+    if latest.index == 0 or latest.base_sha is None or latest.state_sha is None:
+        raise Rejected(f"job {job_id} finished no round to resume from", field=field)
+    return latest
+
+
 def _current_round(ctx: HubContext, job: Job, spec: TrainSpec) -> Round:
-    """The job's newest round; round 0 is made on first use (its deadline starts then)."""
+    """The job's newest round; round 0 is made on first use (its deadline starts then). A job
+    resumed from another starts round 0 from that job's last weights and outer momentum."""
     try:
         return ctx.store.latest_round(job.id)
     except NotFound:
@@ -180,6 +213,9 @@ def _current_round(ctx: HubContext, job: Job, spec: TrainSpec) -> Round:
         opened_at=now,
         deadline_at=now + spec.round_deadline_s,
     )
+    if spec.resume_from is not None:
+        source = _resume_point(ctx, spec.resume_from, "spec.train.resume_from")
+        first.base_sha, first.state_sha = source.base_sha, source.state_sha
     with contextlib.suppress(Conflict):  # another request made it first
         ctx.store.apply(Changes(new_rounds=[first]))
     return ctx.store.latest_round(job.id)

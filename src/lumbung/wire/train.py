@@ -14,6 +14,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from lumbung.ids import is_object_id
+
 MODELS = ("llama-char",)
 DATASETS = ("shakespeare",)
 
@@ -117,6 +119,16 @@ class TrainSpec(_Strict):
     compression: CompressionSpec = Field(default_factory=lambda: CompressionSpec())
     round_deadline_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
     seed: int = 0
+    # Start from where an earlier train job of yours stopped (its last weights and outer
+    # momentum): a cancelled or failed job resumed as a new one. Same model and dataset.
+    resume_from: str | None = None
+
+    @field_validator("resume_from")
+    @classmethod
+    def _job_id(cls, v: str | None) -> str | None:
+        if v is not None and not is_object_id(v, "job"):
+            raise ValueError("must be a job id (job_...)")
+        return v
 
     @model_validator(mode="after")
     def _one_stopping_rule(self) -> TrainSpec:
