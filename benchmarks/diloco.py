@@ -43,7 +43,8 @@ from lumbung.train.simulate import (
     run_diloco,
     run_single,
 )
-from lumbung.train.spec import InnerSpec, ModelConfig
+from lumbung.train.spec import ModelConfig
+from lumbung.wire.train import InnerSpec
 
 TARGET_GAP_TO_DP = 0.03
 TARGET_BYTES_RATIO = 150.0

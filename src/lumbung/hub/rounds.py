@@ -31,9 +31,9 @@ from lumbung.hub.reports import held_task
 from lumbung.hub.settle import current_work
 from lumbung.market.model import Job, Round, RoundState, RoundUpdate, TaskState
 from lumbung.store.protocol import Changes
-from lumbung.train.codec import HEADER, CodecConfig, decode, encoded_size_bytes
-from lumbung.train.outer import OuterConfig
+from lumbung.train.codec import HEADER, decode, encoded_size_bytes
 from lumbung.train.rounds import FULL_WEIGHTS, GlobalState, close_round, full_weights
+from lumbung.train.spec import codec_config, outer_config
 from lumbung.wire.api import RoundInfo, RoundUpdateReport
 from lumbung.wire.train import TrainSpec
 
@@ -298,8 +298,7 @@ def _close(ctx: HubContext, spec: TrainSpec, current: Round, updates: list[Round
         raise AssertionError("an open round with updates always has its outer state")
     now = ctx.clock()
     state = _load_state(_read(ctx, current.state_sha))
-    outer = OuterConfig(spec.outer.lr, spec.outer.momentum, spec.outer.nesterov)
-    codec = CodecConfig(spec.compression.codec, spec.compression.block_size)
+    outer, codec = outer_config(spec.outer), codec_config(spec.compression)
     closed = close_round(state, [_read(ctx, u.sha256) for u in updates], outer, codec)
     next_state = closed.state
     base_sha = ctx.blobs.put_bytes(full_weights(next_state))

@@ -31,11 +31,18 @@ import torch
 from lumbung.client.node_session import NodeSession
 from lumbung.crypto.keys import Identity
 from lumbung.errors import Conflict, Unavailable
-from lumbung.train.codec import CodecConfig, decode, encode, encode_with_feedback
-from lumbung.train.data import BatchSampler, load_shakespeare, shard, validation_windows
+from lumbung.train.codec import decode, encode, encode_with_feedback
+from lumbung.train.data import (
+    BatchSampler,
+    Corpus,
+    load_shakespeare,
+    shard,
+    validation_windows,
+)
 from lumbung.train.inner import Worker, build_model, evaluate, flat_weights, pick_device
 from lumbung.train.rounds import FULL_WEIGHTS
-from lumbung.train.spec import InnerSpec, ModelConfig
+from lumbung.train.spec import codec_config, model_config
+from lumbung.train.text_dataset import corpus_from_text
 from lumbung.wire.api import RoundInfo, RoundUpdateReport
 from lumbung.wire.train import TrainSpec
 
@@ -84,28 +91,33 @@ class WorkerRun:
         self.spec, self.session = spec, session
         self.task_id, self.attempt = task_id, attempt
         self.started = started
-        cache = Path(os.environ.get("LUMBUNG_TRAIN_CACHE") or tempfile.gettempdir())
-        corpus = load_shakespeare(spec.dataset.validation_plays, cache)
+        corpus = self.corpus()
         m = spec.model
-        config = ModelConfig(corpus.vocab_size, m.dim, m.layers, m.heads, m.context, m.mlp_hidden)
+        config = model_config(m, corpus.vocab_size)
         device = pick_device()
         shards = shard(corpus, spec.workers.wanted, spec.dataset.sharding, spec.seed)
         sampler = BatchSampler(
             shards[shard_index], spec.inner.batch_size, m.context, seed=(spec.seed, shard_index)
         )
-        inner = InnerSpec.model_validate(spec.inner.model_dump())
-        self.worker = Worker(config, inner, sampler, device)
+        self.worker = Worker(config, spec.inner, sampler, device)
         self.scorer = build_model(config, spec.seed, device)
         self.windows = validation_windows(corpus.validation, m.context, VALIDATION_WINDOWS)
         # Built on the CPU from the job's seed, so every node starts from the same bits.
         self.initial = flat_weights(build_model(config, spec.seed, torch.device("cpu")))
         self.residual = np.zeros_like(self.initial)
-        self.uplink = CodecConfig(spec.compression.codec, spec.compression.block_size)
+        self.uplink = codec_config(spec.compression)
         self.held: Held | None = None
         print(
             f"worker for shard {shard_index}: {self.initial.size:,} parameters on {device.type}",
             flush=True,
         )
+
+    def corpus(self) -> Corpus:
+        dataset = self.spec.dataset
+        if dataset.sha256 is not None:  # the user's own text file
+            return corpus_from_text(self._download(dataset.sha256), dataset.validation_fraction)
+        cache = Path(os.environ.get("LUMBUNG_TRAIN_CACHE") or tempfile.gettempdir())
+        return load_shakespeare(dataset.validation_plays, cache)
 
     def hub(self, call: Callable[[], T]) -> T:
         """``call`` the hub, waiting out a hub that is down (a restart keeps its rounds)."""

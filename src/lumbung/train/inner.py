@@ -17,7 +17,8 @@ import torch
 
 from lumbung.train.data import BatchSampler
 from lumbung.train.model import CharLlama
-from lumbung.train.spec import InnerSpec, ModelConfig
+from lumbung.train.spec import ModelConfig
+from lumbung.wire.train import InnerSpec
 
 
 def pick_device() -> torch.device:

@@ -18,7 +18,8 @@ from lumbung.errors import LumbungError, Rejected
 from lumbung.train.codec import HEADER, decode
 from lumbung.train.data import default_cache_dir, load_shakespeare
 from lumbung.train.inner import build_model, load_flat_weights
-from lumbung.train.spec import ModelConfig
+from lumbung.train.spec import model_config
+from lumbung.train.text_dataset import corpus_from_text
 from lumbung.wire.train import TrainSpec
 
 
@@ -29,12 +30,17 @@ def sample(
     length: int,
     temperature: float = 0.8,
     seed: int = 0,
-    cache_dir: Path | None = None,
+    dataset: bytes | None = None,
 ) -> str:
-    """``prompt`` followed by ``length`` characters the model writes."""
-    corpus = load_shakespeare(spec.dataset.validation_plays, cache_dir or default_cache_dir())
-    m = spec.model
-    config = ModelConfig(corpus.vocab_size, m.dim, m.layers, m.heads, m.context, m.mlp_hidden)
+    """``prompt`` followed by ``length`` characters the model writes. A model trained on a text
+    file needs that file (``dataset``): its characters are the vocabulary."""
+    if spec.dataset.sha256 is not None:
+        if dataset is None:
+            raise Rejected("the model was trained on a text file: give it", field="dataset")
+        corpus = corpus_from_text(dataset, spec.dataset.validation_fraction)
+    else:
+        corpus = load_shakespeare(spec.dataset.validation_plays, default_cache_dir())
+    config = model_config(spec.model, corpus.vocab_size)
     model = build_model(config, spec.seed, torch.device("cpu"))
     numel = sum(p.numel() for p in model.parameters())
     if len(weights_blob) < HEADER.size:
@@ -55,6 +61,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--length", type=int, default=300)
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dataset", type=Path, help="the text file a 'text' model trained on")
     args = parser.parse_args(argv)
     if not args.prompt or args.length < 1 or not args.temperature > 0:
         print("error: a prompt, a positive length and a positive temperature", file=sys.stderr)
@@ -68,6 +75,7 @@ def main(argv: list[str]) -> int:
             args.length,
             args.temperature,
             args.seed,
+            args.dataset.read_bytes() if args.dataset else None,
         )
     except LumbungError as exc:
         where = f" ({exc.field})" if exc.field else ""

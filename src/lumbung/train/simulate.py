@@ -32,7 +32,8 @@ from lumbung.train.inner import (
 )
 from lumbung.train.outer import OuterConfig
 from lumbung.train.rounds import FULL_WEIGHTS, GlobalState, close_round, full_weights
-from lumbung.train.spec import InnerSpec, ModelConfig
+from lumbung.train.spec import ModelConfig
+from lumbung.wire.train import InnerSpec
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,16 @@
-"""The ``train`` section of a job spec: what model, which data, how many workers, how to optimise.
+"""From a job's ``train`` section (``lumbung.wire.train``) to the configs the training code uses.
 
-Standalone for now (``lumbung.wire.spec.JobSpec`` will embed it). Every refusal is a ``Rejected``
-naming the dotted field under ``train``, e.g. ``train.inner_steps``.
+The section itself is a wire shape, validated where every job spec is; this module only turns its
+parts into the plain configs of the model, the outer optimiser and the codec. Torch-free.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-
-from lumbung.errors import Rejected
 from lumbung.train.codec import CodecConfig
 from lumbung.train.outer import OuterConfig
-
-MODELS = ("llama-char",)
-DATASETS = ("shakespeare",)
+from lumbung.wire.train import CompressionSpec, ModelSpec, OuterSpec
 
 
 @dataclass(frozen=True)
@@ -32,134 +25,14 @@ class ModelConfig:
     mlp_hidden: int = 256  # SwiGLU hidden width
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def model_config(spec: ModelSpec, vocab_size: int) -> ModelConfig:
+    """The model ``spec`` describes, over a vocabulary of ``vocab_size`` characters."""
+    return ModelConfig(vocab_size, spec.dim, spec.layers, spec.heads, spec.context, spec.mlp_hidden)
 
 
-class ModelSpec(_Strict):
-    kind: str = Field(default="llama-char", description="built-in model; only 'llama-char' so far")
-    dim: Annotated[int, Field(ge=8, le=4096)] = 128
-    layers: Annotated[int, Field(ge=1, le=64)] = 2
-    heads: Annotated[int, Field(ge=1, le=64)] = 4
-    context: Annotated[int, Field(ge=2, le=8192)] = 64
-    mlp_hidden: Annotated[int, Field(ge=8, le=65536)] = 256
-
-    @field_validator("kind")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        if v not in MODELS:
-            raise ValueError(f"unknown model {v!r}; built in: {', '.join(MODELS)}")
-        return v
-
-    @model_validator(mode="after")
-    def _heads_divide_dim(self) -> ModelSpec:
-        if self.dim % self.heads or (self.dim // self.heads) % 2:
-            raise ValueError("dim must be heads x an even head size (rotary pairs)")
-        return self
-
-    def config(self, vocab_size: int) -> ModelConfig:
-        return ModelConfig(
-            vocab_size, self.dim, self.layers, self.heads, self.context, self.mlp_hidden
-        )
+def outer_config(spec: OuterSpec) -> OuterConfig:
+    return OuterConfig(spec.lr, spec.momentum, spec.nesterov)
 
 
-class DatasetSpec(_Strict):
-    name: str = Field(
-        default="shakespeare", description="built-in dataset; only 'shakespeare' so far"
-    )
-    sharding: Literal["iid", "play"] = "iid"  # contiguous chunks of the stream, or whole plays
-    validation_plays: Annotated[int, Field(ge=1, le=10)] = 2
-
-    @field_validator("name")
-    @classmethod
-    def _known_dataset(cls, v: str) -> str:
-        if v not in DATASETS:
-            raise ValueError(f"unknown dataset {v!r}; built in: {', '.join(DATASETS)}")
-        return v
-
-
-class WorkersSpec(_Strict):
-    wanted: Annotated[int, Field(ge=1, le=1024)] = 4
-    minimum: Annotated[int, Field(ge=1, le=1024)] = 1  # a round closes at its deadline with these
-
-    @model_validator(mode="after")
-    def _minimum_fits(self) -> WorkersSpec:
-        if self.minimum > self.wanted:
-            raise ValueError("minimum must not exceed wanted")
-        return self
-
-
-class InnerSpec(_Strict):
-    """Each worker's optimiser. AdamW as in the paper; SGD makes DiLoCo with H=1 equal data
-    parallelism exactly (averaging AdamW steps is not AdamW on averaged gradients)."""
-
-    kind: Literal["adamw", "sgd"] = "adamw"
-    lr: Annotated[float, Field(gt=0, le=10)] = 3e-3
-    warmup_steps: Annotated[int, Field(ge=0)] = 50  # linear warm-up from 0, then constant
-    weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.1
-    batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
-
-    @field_validator("lr", "weight_decay")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
-
-
-class OuterSpec(_Strict):
-    lr: Annotated[float, Field(gt=0, le=10)] = 0.7
-    momentum: Annotated[float, Field(ge=0, lt=1)] = 0.9
-    nesterov: bool = True
-
-    def config(self) -> OuterConfig:
-        return OuterConfig(self.lr, self.momentum, self.nesterov)
-
-
-class CompressionSpec(_Strict):
-    codec: Literal["none", "fp16", "int8"] = "int8"
-    block_size: Annotated[int, Field(ge=1, le=1 << 20)] = 256
-
-    def config(self) -> CodecConfig:
-        return CodecConfig(self.codec, self.block_size)
-
-
-class TrainSpec(_Strict):
-    model: ModelSpec = Field(default_factory=lambda: ModelSpec())
-    dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec())
-    workers: WorkersSpec = Field(default_factory=lambda: WorkersSpec())
-    inner_steps: Annotated[int, Field(ge=1, le=100_000, description="H")] = 50
-    inner: InnerSpec = Field(default_factory=lambda: InnerSpec())
-    outer: OuterSpec = Field(default_factory=lambda: OuterSpec())
-    rounds: Annotated[int, Field(ge=1, le=100_000)] | None = None
-    token_budget: Annotated[int, Field(ge=1)] | None = None  # tokens over all workers
-    compression: CompressionSpec = Field(default_factory=lambda: CompressionSpec())
-    round_deadline_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
-    seed: int = 0
-
-    @model_validator(mode="after")
-    def _one_stopping_rule(self) -> TrainSpec:
-        if (self.rounds is None) == (self.token_budget is None):
-            raise ValueError("give exactly one of rounds and token_budget")
-        return self
-
-    def tokens_per_round(self) -> int:
-        per_step = self.inner.batch_size * self.model.context
-        return self.workers.wanted * self.inner_steps * per_step
-
-    def total_rounds(self) -> int:
-        if self.rounds is not None:
-            return self.rounds
-        assert self.token_budget is not None  # the validator holds one of the two
-        return max(1, -(-self.token_budget // self.tokens_per_round()))
-
-
-def validate_train_spec(data: object) -> TrainSpec:
-    """The ``train`` section as a ``TrainSpec``, or ``Rejected`` naming ``train.<field>``."""
-    try:
-        return TrainSpec.model_validate(data)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        field = ".".join(["train", *(str(p) for p in first["loc"])])
-        message = first["msg"].removeprefix("Value error, ")
-        raise Rejected(f"{field}: {message}", field=field) from exc
+def codec_config(spec: CompressionSpec) -> CodecConfig:
+    return CodecConfig(spec.codec, spec.block_size)

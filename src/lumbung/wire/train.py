@@ -14,10 +14,10 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from lumbung.ids import is_object_id
+from lumbung.ids import is_object_id, is_sha256_hex
 
 MODELS = ("llama-char",)
-DATASETS = ("shakespeare",)
+DATASETS = ("shakespeare", "text")
 
 
 class _Strict(BaseModel):
@@ -49,11 +49,15 @@ class ModelSpec(_Strict):
 
 
 class DatasetSpec(_Strict):
-    name: str = Field(
-        default="shakespeare", description="built-in dataset; only 'shakespeare' so far"
-    )
+    """The built-in Shakespeare, or ``text``: your own UTF-8 text file, uploaded as an artifact
+    (``sha256``), its last ``validation_fraction`` held out for validation."""
+
+    name: str = Field(default="shakespeare", description="'shakespeare' or 'text'")
     sharding: Literal["iid", "play"] = "iid"  # contiguous chunks of the stream, or whole plays
     validation_plays: Annotated[int, Field(ge=1, le=10)] = 2
+    sha256: str | None = Field(default=None, description="name 'text': the text artifact")
+    path: str | None = Field(default=None, description="name 'text': a local file to upload")
+    validation_fraction: Annotated[float, Field(gt=0, lt=1)] = 0.1
 
     @field_validator("name")
     @classmethod
@@ -61,6 +65,22 @@ class DatasetSpec(_Strict):
         if v not in DATASETS:
             raise ValueError(f"unknown dataset {v!r}; built in: {', '.join(DATASETS)}")
         return v
+
+    @field_validator("sha256")
+    @classmethod
+    def _hash_form(cls, v: str | None) -> str | None:
+        if v is not None and not is_sha256_hex(v):
+            raise ValueError("must be 64 lowercase hex digits (SHA-256)")
+        return v
+
+    @model_validator(mode="after")
+    def _text_has_its_file(self) -> DatasetSpec:
+        given = self.sha256 is not None or self.path is not None
+        if (self.name == "text") != given or (self.sha256 is not None and self.path is not None):
+            raise ValueError("dataset 'text' needs exactly one of path and sha256, and only it")
+        if self.name == "text" and self.sharding == "play":
+            raise ValueError("a text file has no plays: use sharding 'iid'")
+        return self
 
 
 class WorkersSpec(_Strict):
