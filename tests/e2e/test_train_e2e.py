@@ -136,3 +136,46 @@ def test_a_model_trained_on_the_users_own_text_file_writes_with_its_characters(
     sample = _lumbung(cluster, "model", "sample", job.id, "--prompt", "HAMLET.", "--length", "40")
     assert sample.returncode == 0, sample.stderr
     assert set(sample.stdout.strip()) <= set(book.read_text())
+
+
+GRU_MODEL = '''
+"""A consumer's own model: a GRU over characters."""
+from torch import nn
+
+
+class GruLanguageModel(nn.Module):
+    def __init__(self, vocab_size: int) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab_size, 32)
+        self.gru = nn.GRU(32, 64, batch_first=True)
+        self.head = nn.Linear(64, vocab_size)
+
+    def forward(self, tokens):
+        hidden, _ = self.gru(self.embed(tokens))
+        return self.head(hidden)
+
+
+def build(vocab_size, context):
+    return GruLanguageModel(vocab_size)
+'''
+
+
+def test_the_consumers_own_model_trains_in_the_sandbox_and_samples(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    code = tmp_path / "gru_lm.py"
+    code.write_text(GRU_MODEL)
+    spec = train_spec(rounds=2)
+    spec["train"]["model"] = {"kind": "custom", "factory": "gru_lm:build", "context": 32}
+    spec["train"]["workers"] = {"wanted": 2, "minimum": 2}
+    spec["inputs"] = [{"name": "gru_lm.py", "path": str(code)}]
+    cluster.start_node("w1", price_cpu=3_600_000, slots=2)
+    cluster.wait_nodes_online(1)
+    job_id = cluster.client.submit(validate_spec(spec)).job.id
+    job = cluster.wait_job(job_id, timeout_s=300)
+    assert job.state == "succeeded", cluster.logs()
+    assert [r.participants for r in job.rounds] == [2, 2]
+    assert job.rounds[-1].metrics["base_val_loss"] < job.rounds[0].metrics["base_val_loss"]
+    sample = _lumbung(cluster, "model", "sample", job_id, "--prompt", "KING", "--length", "30")
+    assert sample.returncode == 0, sample.stderr
+    assert sample.stdout.startswith("KING")

@@ -43,6 +43,9 @@ def sample(
         dataset = job.spec.train.dataset.sha256 if job.spec.train is not None else None
         if dataset is not None and not (MODELS_CACHE / dataset).exists():
             client.download(dataset, MODELS_CACHE / dataset)
+        for item in job.spec.inputs:  # a custom model's code
+            if item.sha256 is not None and not (MODELS_CACHE / item.sha256).exists():
+                client.download(item.sha256, MODELS_CACHE / item.sha256)
     text = sample_text(job, weights, prompt, length, temperature, seed)
     render.stdout_console().print(text, markup=False, highlight=False)
 
@@ -66,6 +69,14 @@ def sample_text(
         dataset = job.spec.train.dataset.sha256
         if dataset is not None:  # a model of the user's own text: its characters are the vocabulary
             argv += ["--dataset", str(MODELS_CACHE / dataset)]
+        if job.spec.train.model.factory is not None:
+            code = Path(tmp) / "inputs"
+            code.mkdir()
+            for item in job.spec.inputs:
+                if item.sha256 is not None:  # names are relative and checked by the spec
+                    (code / item.name).parent.mkdir(parents=True, exist_ok=True)
+                    (code / item.name).write_bytes((MODELS_CACHE / item.sha256).read_bytes())
+            argv += ["--code-dir", str(code)]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise Unavailable(f"sampling failed: {done.stderr.strip()[-1000:]}")

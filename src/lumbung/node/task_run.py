@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
@@ -24,8 +25,10 @@ from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected
 from lumbung.node.checkpoints import pack_dir, unpack
 from lumbung.node.logs import LogShipper
 from lumbung.node.sandbox import Runner, SandboxSpec, TaskProcess, scrubbed_env
-from lumbung.train.data import default_cache_dir
+from lumbung.node.train_courier import Courier
+from lumbung.train.data import default_cache_dir, fetch_sdist
 from lumbung.wire.api import Assignment, CheckpointReport, LogChunk, TaskComplete, TaskRelease
+from lumbung.wire.train import TrainSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,12 @@ _PIPE_DRAIN_S = 5.0
 
 class LeaseLost(Conflict):
     """The hub no longer holds this task for this node: stop it without reporting."""
+
+
+@dataclass(frozen=True)
+class _CourierThread:
+    thread: threading.Thread
+    stop: threading.Event
 
 
 class TaskRun:
@@ -71,6 +80,7 @@ class TaskRun:
         self._archive = tasks_dir / f"{assignment.task_id}-{assignment.attempt}.checkpoint.tar.gz"
         self._last_checkpoint = assignment.resume_from
         self._progress = 0.0
+        self._dataset_env: dict[str, str] = {}
         self._request: str | None = None  # "cancel", "drain" or "lease-lost"
         self._drain_grace_s = 0.0
         self._wake = threading.Event()
@@ -164,11 +174,28 @@ class TaskRun:
         self._started_at = time.monotonic()
         shipper = LogShipper(self._send_logs, max_bytes=self._config.max_log_bytes)
         shipper.start(process.stdout, process.stderr)
+        courier = self._start_courier()
         outcome, exit_code = self._supervise(process)
+        if courier is not None:
+            courier.stop.set()
+            courier.thread.join(_PIPE_DRAIN_S)
         # Whatever the leader did, nothing the task spawned outlives it.
         process.kill_group()
         shipper.close(_PIPE_DRAIN_S)
         self._finish(outcome, exit_code)
+
+    def _start_courier(self) -> _CourierThread | None:
+        if self.assignment.kind != "train":
+            return None
+        courier = Courier(
+            self._session, self.task_id, self.attempt, self.workdir / "rounds", self._runtime_s
+        )
+        stop = threading.Event()
+        thread = threading.Thread(
+            target=courier.run, args=(stop,), name=f"courier-{self.task_id}", daemon=True
+        )
+        thread.start()
+        return _CourierThread(thread, stop)
 
     def _prepare(self) -> None:
         a = self.assignment
@@ -181,11 +208,26 @@ class TaskRun:
             dest.parent.mkdir(parents=True, exist_ok=True)
             self._hub(functools.partial(self._session.download, sha256, dest), lease=False)
         _make_read_only(inputs)
+        if a.kind == "train" and a.train is not None:
+            self._prepare_training(a.train)
         if a.resume_from is not None:
             sha = a.resume_from
             self._hub(lambda: self._session.download(sha, self._archive), lease=False)
             unpack(self._archive, self.workdir / "checkpoint")
             self._archive.unlink()
+
+    def _prepare_training(self, train: TrainSpec) -> None:
+        """The dataset where the trainer, which has no network, can read it."""
+        (self.workdir / "rounds").mkdir()
+        sha = train.dataset.sha256
+        if sha is not None:
+            dest = self.workdir / "dataset.txt"
+            self._hub(lambda: self._session.download(sha, dest), lease=False)
+            self._dataset_env = {"LUMBUNG_TRAIN_TEXT": str(dest)}
+        else:
+            # The operator's cache (not the task's HOME): nodes on one machine share it.
+            sdist = fetch_sdist(default_cache_dir())
+            self._dataset_env = {"LUMBUNG_TRAIN_SDIST": str(sdist)}
 
     def _sandbox_spec(self) -> SandboxSpec:
         a = self.assignment
@@ -194,15 +236,15 @@ class TaskRun:
         disk_gb = float(str(a.resources.get("disk_gb", 0.0)))
         training = a.kind == "train"
         if training:
-            # Our own DiLoCo worker, which talks to the hub itself (lumbung.node.train_worker).
-            argv = [sys.executable, "-m", "lumbung.node.train_worker"]
+            # The sandboxed half of a DiLoCo worker; the node's courier thread talks to the hub.
+            argv = [sys.executable, "-m", "lumbung.train.trainer"]
         else:
             argv = a.command or [sys.executable, "-m", "lumbung.node.entry", str(a.entrypoint)]
         return SandboxSpec(
             argv=list(argv),
             workdir=self.workdir,
             env=scrubbed_env(self._task_env(), self.workdir, cpus=cpus),
-            network=a.network or training,
+            network=a.network,
             cpus=cpus,
             # CUDA, and torch on the CPU, reserve far more address space than they use, so GPU
             # and training tasks get no RLIMIT_AS.
@@ -232,13 +274,10 @@ class TaskRun:
                 value if isinstance(value, str) else json.dumps(value)
             )
         if a.kind == "train" and a.train is not None:
-            data_dir = self._config.data_dir.resolve()
             env.update(
-                LUMBUNG_HUB_URL=self._config.hub_url,
-                LUMBUNG_NODE_DIR=str(data_dir),
                 LUMBUNG_TRAIN_SPEC=a.train.model_dump_json(),
-                # The operator's cache (not the task's HOME): nodes on one machine share it.
-                LUMBUNG_TRAIN_CACHE=str(default_cache_dir()),
+                LUMBUNG_TRAIN_DIR=str(self.workdir / "rounds"),
+                **self._dataset_env,
             )
         return env
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lumbung.train.custom import CustomModel
 from lumbung.train.data import BatchSampler
 from lumbung.train.model import CharLlama
 from lumbung.train.spec import ModelConfig
@@ -87,12 +88,20 @@ class Worker:
     """One DiLoCo worker: a model, its optimiser and its shard's sampler."""
 
     def __init__(
-        self, config: ModelConfig, inner: InnerSpec, sampler: BatchSampler, device: torch.device
+        self,
+        config: ModelConfig,
+        inner: InnerSpec,
+        sampler: BatchSampler,
+        device: torch.device,
+        model: CustomModel | None = None,
     ) -> None:
         self.inner = inner
         self.sampler = sampler
         self.device = device
-        self.model = build_model(config, 0, device)  # weights are replaced every round
+        # Any module with loss(inputs, targets); weights are replaced every round.
+        self.model: CharLlama | CustomModel = (
+            build_model(config, 0, device) if model is None else model.to(device)
+        )
         self.optimizer = make_optimizer(self.model, inner)
         self.steps_done = 0
 
@@ -125,7 +134,7 @@ def batch_tensors(sampler: BatchSampler, device: torch.device) -> tuple[torch.Te
 
 
 def evaluate(
-    model: CharLlama, weights: np.ndarray, windows: np.ndarray, batch_size: int = 64
+    model: CharLlama | CustomModel, weights: np.ndarray, windows: np.ndarray, batch_size: int = 64
 ) -> float:
     """Mean cross-entropy (nats per character) of ``weights`` on fixed validation windows."""
     load_flat_weights(model, weights)

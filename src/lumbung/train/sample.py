@@ -9,6 +9,7 @@ characters are its vocabulary.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -17,9 +18,9 @@ import torch
 from lumbung.errors import LumbungError, Rejected
 from lumbung.train.codec import HEADER, decode
 from lumbung.train.data import default_cache_dir, load_shakespeare
-from lumbung.train.inner import build_model, load_flat_weights
-from lumbung.train.spec import model_config
+from lumbung.train.inner import load_flat_weights
 from lumbung.train.text_dataset import corpus_from_text
+from lumbung.train.trainer import seeded_model
 from lumbung.wire.train import TrainSpec
 
 
@@ -40,8 +41,7 @@ def sample(
         corpus = corpus_from_text(dataset, spec.dataset.validation_fraction)
     else:
         corpus = load_shakespeare(spec.dataset.validation_plays, default_cache_dir())
-    config = model_config(spec.model, corpus.vocab_size)
-    model = build_model(config, spec.seed, torch.device("cpu"))
+    model = seeded_model(spec, corpus.vocab_size)
     numel = sum(p.numel() for p in model.parameters())
     if len(weights_blob) < HEADER.size:
         raise Rejected("not a weights file", field="weights")
@@ -62,10 +62,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", type=Path, help="the text file a 'text' model trained on")
+    parser.add_argument("--code-dir", type=Path, help="the job's inputs, for a custom model")
     args = parser.parse_args(argv)
     if not args.prompt or args.length < 1 or not args.temperature > 0:
         print("error: a prompt, a positive length and a positive temperature", file=sys.stderr)
         return 2
+    if args.code_dir is not None:
+        os.environ["LUMBUNG_INPUTS_DIR"] = str(args.code_dir)  # where seeded_model imports from
     try:
         spec = TrainSpec.model_validate_json(args.spec.read_text())
         text = sample(

@@ -10,13 +10,15 @@ dotted field under ``train`` (``train.inner_steps``).
 from __future__ import annotations
 
 import math
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from lumbung.ids import is_object_id, is_sha256_hex
 
-MODELS = ("llama-char",)
+MODELS = ("llama-char", "custom")
+_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DATASETS = ("shakespeare", "text")
 
 
@@ -25,9 +27,14 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """A Llama-style character model: RMSNorm, rotary positions, SwiGLU."""
+    """The built-in Llama-style character model (RMSNorm, rotary positions, SwiGLU), or ``custom``:
+    ``factory`` names ``module:function`` in the job's inputs, called as
+    ``function(vocab_size=..., context=...)``, returning a torch module that maps (batch, time)
+    token ids to (batch, time, vocab) logits. Sizes other than ``context`` apply to the built-in
+    model only."""
 
-    kind: str = Field(default="llama-char", description="built-in model; only 'llama-char' so far")
+    kind: str = Field(default="llama-char", description="'llama-char' or 'custom'")
+    factory: str | None = Field(default=None, description="kind custom: module:function")
     dim: Annotated[int, Field(ge=8, le=4096)] = 128
     layers: Annotated[int, Field(ge=1, le=64)] = 2
     heads: Annotated[int, Field(ge=1, le=64)] = 4
@@ -41,10 +48,19 @@ class ModelSpec(_Strict):
             raise ValueError(f"unknown model {v!r}; built in: {', '.join(MODELS)}")
         return v
 
+    @field_validator("factory")
+    @classmethod
+    def _factory_form(cls, v: str | None) -> str | None:
+        if v is not None and not _FACTORY_RE.match(v):
+            raise ValueError("must look like 'package.module:function'")
+        return v
+
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> ModelSpec:
         if self.dim % self.heads or (self.dim // self.heads) % 2:
             raise ValueError("dim must be heads x an even head size (rotary pairs)")
+        if (self.kind == "custom") != (self.factory is not None):
+            raise ValueError("a custom model needs factory (module:function), and only it")
         return self
 
 
