@@ -22,8 +22,8 @@ _MIB = 1024 * 1024
 
 def collect_inventory(config: NodeConfig, isolation: Isolation) -> Inventory:
     torch = _torch_version()
-    # Training runs our own worker (lumbung.node.train_worker) beside the node: it needs torch
-    # here, and the process runner (a container image need not hold lumbung).
+    # Training runs lumbung.train.trainer in the task's sandbox beside the node's courier: it
+    # needs torch here, and the process runner (a container image need not hold lumbung).
     trains = torch is not None and config.runner == "process"
     return Inventory(
         gpus=collect_gpus(),
