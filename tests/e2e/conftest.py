@@ -208,3 +208,12 @@ def counter_spec(name: str = "count", **params: object) -> dict[str, object]:
 
 
 wait_for = _wait_for
+
+
+def lumbung_cli(
+    cluster: Cluster, *args: str, data_dir: str = "client"
+) -> subprocess.CompletedProcess[str]:
+    """The real CLI against the cluster's hub, as the key in ``root/data_dir``."""
+    argv = [sys.executable, "-m", "lumbung", *args, "--hub", cluster.url]
+    argv += ["--data-dir", str(cluster.root / data_dir)]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import FAUCET_MICRO, Cluster
+from conftest import FAUCET_MICRO, Cluster, lumbung_cli
 from lumbung.crypto.keys import Identity
 from lumbung.ledger.entries import Transfer, sign_entry
 
@@ -35,9 +34,7 @@ def faucet_hub(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def _lumbung(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "lumbung", *args, "--hub", cluster.url]
-    argv += ["--data-dir", str(cluster.root / "auditor")]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    return lumbung_cli(cluster, *args, data_dir="auditor")
 
 
 def test_verify_passes_on_an_honest_log_and_fails_after_a_leaf_is_tampered(

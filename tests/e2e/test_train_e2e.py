@@ -3,15 +3,13 @@ mid-round, and a trained model at the end (SQLite and PostgreSQL)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from conftest import Cluster, wait_for
+from conftest import Cluster, lumbung_cli, wait_for
 from lumbung.train.codec import decode
 from lumbung.train.data import default_cache_dir, fetch_sdist, read_works
 from lumbung.wire.spec import validate_spec
@@ -64,21 +62,15 @@ def test_a_train_job_across_three_nodes_ends_with_a_better_model(
     assert np.isfinite(decode(dest.read_bytes(), _numel(dest))).all()
     assert all(w.kept_s > 0 for w in job.work)
 
-    sample = _lumbung(cluster, "model", "sample", job_id, "--prompt", "ROMEO:", "--length", "60")
+    sample = lumbung_cli(cluster, "model", "sample", job_id, "--prompt", "ROMEO:", "--length", "60")
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("ROMEO:") and len(sample.stdout.strip()) >= 60
     out = tmp_path / "results"
-    done = _lumbung(cluster, "job", "results", job_id, "--download", str(out))
+    done = lumbung_cli(cluster, "job", "results", job_id, "--download", str(out))
     assert done.returncode == 0, done.stderr
     assert (out / "model.bin").read_bytes() == dest.read_bytes()
     assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 3
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-
-
-def _lumbung(cluster: Cluster, *args: str) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "lumbung", *args, "--hub", cluster.url]
-    argv += ["--data-dir", str(cluster.root / "client")]
-    return subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False)
 
 
 def test_kill_9_of_a_worker_mid_round_shrinks_that_round_and_the_job_completes(
@@ -133,7 +125,9 @@ def test_a_model_trained_on_the_users_own_text_file_writes_with_its_characters(
     assert submitted.spec.train is not None and submitted.spec.train.dataset.path is None
     job = cluster.wait_job(submitted.id, timeout_s=300)
     assert job.state == "succeeded", cluster.logs()
-    sample = _lumbung(cluster, "model", "sample", job.id, "--prompt", "HAMLET.", "--length", "40")
+    sample = lumbung_cli(
+        cluster, "model", "sample", job.id, "--prompt", "HAMLET.", "--length", "40"
+    )
     assert sample.returncode == 0, sample.stderr
     assert set(sample.stdout.strip()) <= set(book.read_text())
 
@@ -176,6 +170,6 @@ def test_the_consumers_own_model_trains_in_the_sandbox_and_samples(
     assert job.state == "succeeded", cluster.logs()
     assert [r.participants for r in job.rounds] == [2, 2]
     assert job.rounds[-1].metrics["base_val_loss"] < job.rounds[0].metrics["base_val_loss"]
-    sample = _lumbung(cluster, "model", "sample", job_id, "--prompt", "KING", "--length", "30")
+    sample = lumbung_cli(cluster, "model", "sample", job_id, "--prompt", "KING", "--length", "30")
     assert sample.returncode == 0, sample.stderr
     assert sample.stdout.startswith("KING")

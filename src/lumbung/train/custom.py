@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lumbung.errors import Rejected
+from lumbung.train.model import sample_tokens
 
 
 class CustomModel(nn.Module):
@@ -39,7 +40,6 @@ class CustomModel(nn.Module):
         logits = self(tokens)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
-    @torch.no_grad()
     def generate(
         self,
         prompt: torch.Tensor,
@@ -47,12 +47,7 @@ class CustomModel(nn.Module):
         temperature: float = 0.8,
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        tokens = prompt
-        for _ in range(new_tokens):
-            logits = self(tokens[:, -self.context :])[:, -1].float()
-            probs = F.softmax(logits / temperature, dim=-1)
-            tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=generator)], dim=1)
-        return tokens
+        return sample_tokens(self, prompt, new_tokens, self.context, temperature, generator)
 
 
 def build_custom(factory: str, vocab_size: int, context: int, seed: int) -> CustomModel:

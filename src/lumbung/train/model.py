@@ -127,7 +127,6 @@ class CharLlama(nn.Module):
         logits = self(tokens)
         return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
-    @torch.no_grad()
     def generate(
         self,
         prompt: torch.Tensor,
@@ -136,9 +135,25 @@ class CharLlama(nn.Module):
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """Sample ``new_tokens`` characters after ``prompt`` (1, time), one at a time."""
-        tokens = prompt
-        for _ in range(new_tokens):
-            logits = self(tokens[:, -self.config.context_length :])[:, -1].float()
-            probs = F.softmax(logits / temperature, dim=-1)
-            tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=generator)], dim=1)
-        return tokens
+        return sample_tokens(
+            self, prompt, new_tokens, self.config.context_length, temperature, generator
+        )
+
+
+@torch.no_grad()
+def sample_tokens(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    context: int,
+    temperature: float,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Autoregressive sampling from any model mapping tokens to next-token logits: each new
+    character drawn from the softmax of the last position's logits over ``temperature``."""
+    tokens = prompt
+    for _ in range(new_tokens):
+        logits = model(tokens[:, -context:])[:, -1].float()
+        probs = F.softmax(logits / temperature, dim=-1)
+        tokens = torch.cat([tokens, torch.multinomial(probs, 1, generator=generator)], dim=1)
+    return tokens
