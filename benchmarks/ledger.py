@@ -1,9 +1,9 @@
 """The ledger's pure pieces, in memory: appends, Merkle proofs, and a full audit of a signed log.
 
-The ledger is not wired into the hub yet, so nothing here touches a store, a transaction or the
-network: every number is an in-memory upper bound. Each is compared with a floor measured in the
-same run on the same machine (raw Ed25519 verifications and SHA-256 hashes per second), and
-reported as a ratio to it.
+Nothing here touches a store, a transaction or the network (benchmarks/ledger_store.py measures
+the hub's real path): every number is an in-memory upper bound. Each is compared with a floor
+measured in the same run on the same machine (raw Ed25519 verifications and SHA-256 hashes per
+second), and reported as a ratio to it.
 
 1. Appends of signed entries (leaf bytes -> decode -> Ledger.apply, which checks the signature,
    -> Merkle append), one at a time and in batches of 1,000. Target: >= 5,000/s batched.
@@ -378,8 +378,8 @@ def main() -> None:
     emit(
         {
             "benchmark": "ledger",
-            "scope": "in-memory: the ledger is not wired into the hub yet, so no store, no "
-            "transactions, no network; these are upper bounds for the hub's ledger",
+            "scope": "in-memory: no store, no transactions, no network (ledger_store.py measures "
+            "the hub's real path); these are upper bounds for the hub's ledger",
             "quick": args.quick,
             "machine": machine()
             | {
