@@ -13,15 +13,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from fastapi.testclient import TestClient
 
 from lumbung.client.auth import SignedAuth
 from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
-from lumbung.errors import ConfigError, StaleWrite
+from lumbung.errors import ConfigError, LumbungError, StaleWrite
 from lumbung.hub.app import create_app
 from lumbung.hub.context import HubContext
 from lumbung.hub.ledger import LogService
+from lumbung.ledger import signatures
 from lumbung.ledger.checkpoint import Checkpoint, open_checkpoint
 from lumbung.ledger.entries import Mint, SignedEntry, Transfer, leaf_bytes, sign_entry
 from lumbung.ledger.merkle import leaf_hash, verify_consistency, verify_inclusion
@@ -268,3 +270,29 @@ class _LosesFirstRace:
             self.lost = True
             raise StaleWrite("lost the race")
         self._inner.append(leaves, nodes, expected_size)
+
+
+@pytest.mark.parametrize("parallel", [False, True])
+def test_a_hub_starting_on_a_log_with_a_forged_leaf_refuses_to_start(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch, parallel: bool
+) -> None:
+    if parallel:  # as on a big log: signatures checked in worker processes
+        monkeypatch.setattr(signatures, "PARALLEL_MIN_LEAVES", 2)
+        monkeypatch.setattr(signatures.os, "cpu_count", lambda: 2)
+    key = Identity.generate()
+    store = SqlStore.open(sqlite_url)
+    try:
+        log = LogService(store.ledger(), key)
+        for _ in range(6):
+            log.mint(Identity.generate().actor_id, 5)
+        assert LogService(store.ledger(), key).size == 6  # an honest log replays
+        with store.engine.begin() as conn:  # a leaf's signature edited behind the hub's back
+            leaf = conn.execute(sa.text("SELECT leaf FROM ledger_leaves WHERE idx = 4")).scalar()
+            forged = leaf.replace(b'"signature":"', b'"signature":"AAAA', 1)[: len(leaf)]
+            conn.execute(
+                sa.text("UPDATE ledger_leaves SET leaf = :leaf WHERE idx = 4"), {"leaf": forged}
+            )
+        with pytest.raises(LumbungError, match="leaf 4"):
+            LogService(store.ledger(), key)
+    finally:
+        store.close()

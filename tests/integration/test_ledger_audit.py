@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from lumbung.client import audit as audit_module
 from lumbung.client.audit import PROOF_SAMPLE, audit, proof_sample, prove_inclusion
 from lumbung.client.ledger import Account, InclusionProof, LedgerClient
 from lumbung.crypto.keys import Identity
 from lumbung.errors import ProofError, Unauthenticated
 from lumbung.hub.ledger import LogService
+from lumbung.ledger import signatures
 from lumbung.ledger.entries import SignedEntry, decode_leaf, leaf_bytes
 from lumbung.store.ledger import MemoryLedgerStore
 
@@ -170,8 +170,8 @@ def test_entries_appended_after_the_checkpoint_are_replayed_before_comparing(
 def test_signatures_checked_in_worker_processes_catch_a_forged_one(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(audit_module, "PARALLEL_MIN_LEAVES", 2)
-    monkeypatch.setattr(audit_module.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(signatures, "PARALLEL_MIN_LEAVES", 2)
+    monkeypatch.setattr(signatures.os, "cpu_count", lambda: 2)
     log = _log(Identity.generate(), 9)
     assert audit(InProcessLedger(log), tmp_path).size == 9
     honest = decode_leaf(log.store.leaves(6, 7)[0])

@@ -13,10 +13,7 @@ internally sound.
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -31,17 +28,15 @@ from lumbung.ledger.checkpoint import (
     require_witnesses,
     witnesses_that_signed,
 )
-from lumbung.ledger.entries import decode_leaf, verify_entry
+from lumbung.ledger.entries import decode_leaf
 from lumbung.ledger.merkle import leaf_hash, root, verify_consistency, verify_inclusion
 from lumbung.ledger.note import parse_vkey
+from lumbung.ledger.signatures import SignatureChecker
 
 PAGE_ENTRIES = 10_000  # the hub's limit per read
 # Inclusion proofs checked against the stored tree: all of a small log, a spread of a big one.
 PROOF_SAMPLE = 256
 HUB_ORIGIN_PREFIX = "lumbung.hub/"
-# Pages at least this big have their signatures checked over every core; smaller ones in-process,
-# where starting worker processes would cost more than it saves.
-PARALLEL_MIN_LEAVES = 4_000
 _NO_WITNESSES: Mapping[str, bytes] = MappingProxyType({})
 
 
@@ -172,8 +167,7 @@ class _Replay:
         self.ledger = Ledger()
         self.size = 0
         self._treasury = treasury
-        self._pool: ProcessPoolExecutor | None = None
-        self._workers = os.cpu_count() or 1
+        self._checker = SignatureChecker()
 
     def leaves(self, start: int, end: int) -> list[bytes]:
         """Replay leaves ``start`` to ``end`` (from where the last call stopped); their hashes."""
@@ -183,7 +177,7 @@ class _Replay:
             page = self.client.entries(self.size, min(self.size + PAGE_ENTRIES, end))
             if not page:
                 raise Rejected(f"the hub served no leaf at {self.size} of {end}", field="entries")
-            self._check_signatures(page)
+            self._checker.check(page, self.size)
             for leaf in page:
                 try:
                     signed = decode_leaf(leaf)
@@ -194,42 +188,8 @@ class _Replay:
                 self.size += 1
         return hashes
 
-    def _check_signatures(self, page: list[bytes]) -> None:
-        if self._workers < 2 or len(page) < PARALLEL_MIN_LEAVES:
-            failure = _first_bad_signature(page, self.size)
-        else:
-            if self._pool is None:
-                # forkserver, not fork: the caller may have threads (an HTTP client's, a test's).
-                context = multiprocessing.get_context("forkserver")
-                self._pool = ProcessPoolExecutor(self._workers, mp_context=context)
-            step = -(-len(page) // self._workers)
-            starts = range(0, len(page), step)
-            chunks = [page[i : i + step] for i in starts]
-            firsts = [self.size + i for i in starts]
-            failure = next(
-                (f for f in self._pool.map(_first_bad_signature, chunks, firsts) if f), None
-            )
-        if failure is not None:
-            index, message = failure
-            raise Unauthenticated(f"leaf {index}: {message}", field="signature")
-
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(cancel_futures=True)
-
-
-def _first_bad_signature(leaves: Sequence[bytes], first_index: int) -> tuple[int, str] | None:
-    """(index, why) of the first leaf that does not parse or whose signature fails; else None.
-
-    Runs in worker processes: it returns what failed instead of raising, so nothing has to be
-    pickled back but a short message.
-    """
-    for offset, leaf in enumerate(leaves):
-        try:
-            verify_entry(decode_leaf(leaf))
-        except LumbungError as exc:
-            return first_index + offset, exc.message
-    return None
+        self._checker.close()
 
 
 def _check_reported_balances(ledger: LedgerClient, replay: _Replay, signed_size: int) -> None:
