@@ -7,16 +7,18 @@ closes, and that the weights it publishes are exactly the outer step of what it 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from hubkit import LEASE_S, Actor, Hub, claim
 
 from lumbung.hub.leases import expire_leases
-from lumbung.hub.rounds import close_due_rounds, close_ready_rounds
+from lumbung.hub.rounds import close_due_rounds, close_ready_rounds, submit_update
 from lumbung.train.codec import CodecConfig, decode, encode
 from lumbung.train.outer import OuterConfig
 from lumbung.train.rounds import FULL_WEIGHTS, GlobalState, close_round
+from lumbung.wire.api import RoundUpdateReport
 
 NUMEL = 1000
 INT8 = CodecConfig("int8", 256)
@@ -264,3 +266,34 @@ def test_resuming_needs_a_job_that_finished_a_round(hub: Hub) -> None:
     assert body["field"] == "spec.train.resume_from" and "no round" in body["message"]
     missing = consumer.submit(train_spec(resume_from="job_" + "a" * 16), expect=404)
     assert missing["field"] == "spec.train.resume_from"
+
+
+def test_updates_arriving_together_all_count_and_the_round_closes_once(hub: Hub) -> None:
+    nodes = trainers(hub, 4)
+    consumer = hub.actor()
+    job_id = consumer.submit(train_spec(workers={"wanted": 4, "minimum": 4}))["job"]["id"]
+    tasks = claim_all(hub, nodes)
+    initial = nodes[0].upload(encode(np.zeros(NUMEL, dtype=np.float32), FULL_WEIGHTS))
+    delta = np.full(NUMEL, 0.01, dtype=np.float32)
+    send(nodes[0], tasks[0], 0, delta, initial, initial_sha=initial)
+    blob = nodes[1].upload(encode(delta, INT8))
+
+    def report(i: int) -> None:
+        body = RoundUpdateReport(
+            attempt=tasks[i]["attempt"],
+            sha256=blob,
+            base_sha=initial,
+            tokens=1,
+            inner_steps=1,
+            train_loss=1.0,
+            bytes_down=0,
+            runtime_s=1.0,
+        )
+        submit_update(hub.ctx, nodes[i].id, tasks[i]["task_id"], 0, body)
+
+    with ThreadPoolExecutor(3) as pool:
+        list(pool.map(report, [1, 2, 3]))
+    rounds = hub.ctx.store.list_rounds(job_id)
+    assert [(r.index, r.state.value, r.participants) for r in rounds[:1]] == [(0, "closed", 4)]
+    assert len(hub.ctx.store.list_updates(job_id, 0)) == 4
+    assert rounds[1].state.value == "open"

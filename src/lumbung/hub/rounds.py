@@ -39,6 +39,10 @@ from lumbung.wire.train import TrainSpec
 
 log = logging.getLogger("lumbung.hub.rounds")
 
+# Workers' updates to one round are serialised on the round's version; one that loses the race
+# reads the round again. Several workers finishing at once each win within a few tries.
+_UPDATE_ATTEMPTS = 8
+
 
 def train_spec(job: Job) -> TrainSpec:
     if job.spec.train is None:
@@ -81,10 +85,31 @@ def submit_update(
     (409, ``base_sha``), a blob never uploaded or not a valid update for this model (422,
     ``sha256``), a second update from the same task (409, ``round``).
     """
-    now = ctx.clock()
     task = held_task(ctx, node_id, task_id, report.attempt)
     job = ctx.store.get_job(task.job_id)
     spec = train_spec(job)
+    for attempt in range(_UPDATE_ATTEMPTS):
+        try:
+            _accept(ctx, job, spec, task.id, node_id, round_index, report)
+            break
+        except StaleWrite:
+            # Another worker's update (or the round's close) changed the round since it was
+            # read: read it again, so an update never lands in a round that already closed.
+            if attempt + 1 == _UPDATE_ATTEMPTS:
+                raise
+    escrow.settle_quietly(ctx, job.id)
+    maybe_close(ctx, job.id)
+
+
+def _accept(
+    ctx: HubContext,
+    job: Job,
+    spec: TrainSpec,
+    task_id: str,
+    node_id: str,
+    round_index: int,
+    report: RoundUpdateReport,
+) -> None:
     current = _current_round(ctx, job, spec)
     if current.index != round_index or current.state is not RoundState.OPEN:
         raise Conflict(
@@ -92,17 +117,19 @@ def submit_update(
             f"({current.state})",
             field="round",
         )
-    changes = Changes()
-    numel = _base_weights(ctx, current, report, changes)
+    # The round is written with the update (its version checked), even when nothing of it
+    # changes: a close that read the round's updates before this one then fails, and retries.
+    changes = Changes(rounds=[current])
+    numel = _base_weights(ctx, current, report)
     _check_update_blob(ctx, report.sha256, numel)
-    work = current_work(ctx, task)
+    work = current_work(ctx, ctx.store.get_task(task_id))
     work.kept_s = max(work.kept_s, report.runtime_s)  # the inner steps it sent are kept work
     changes.work.append(work)
     changes.updates.append(
         RoundUpdate(
             job_id=job.id,
             round_index=round_index,
-            task_id=task.id,
+            task_id=task_id,
             node_id=node_id,
             attempt=report.attempt,
             sha256=report.sha256,
@@ -113,12 +140,10 @@ def submit_update(
             base_val_loss=report.base_val_loss,
             bytes_down=report.bytes_down,
             device=report.device,
-            created_at=now,
+            created_at=ctx.clock(),
         )
     )
     ctx.store.apply(changes)
-    escrow.settle_quietly(ctx, job.id)
-    maybe_close(ctx, job.id)
 
 
 def maybe_close(ctx: HubContext, job_id: str, *, deadline_passed: bool = False) -> bool:
@@ -221,9 +246,7 @@ def _current_round(ctx: HubContext, job: Job, spec: TrainSpec) -> Round:
     return ctx.store.latest_round(job.id)
 
 
-def _base_weights(
-    ctx: HubContext, current: Round, report: RoundUpdateReport, changes: Changes
-) -> int:
+def _base_weights(ctx: HubContext, current: Round, report: RoundUpdateReport) -> int:
     """Check the update was trained from the round's weights; returns their element count.
 
     In round 0 the first update's initial weights become the round's base (and the hub's first
@@ -245,9 +268,8 @@ def _base_weights(
         )
     initial = _read_vector(ctx, report.initial_sha, "initial_sha")
     state = GlobalState.start(initial)
-    current.base_sha = report.initial_sha
+    current.base_sha = report.initial_sha  # written with the update that brought it
     current.state_sha = ctx.blobs.put_bytes(_dump_state(state))
-    changes.rounds.append(current)
     return state.numel
 
 
