@@ -420,7 +420,7 @@ def audit_cli(data_dir: Path, n: int, floor: dict[str, float], processes: int) -
         "verified": True,  # the CLI exited 0 and printed "ledger verified" for all n entries
         "hub_start_s": round(start_s, 3),
         "hub_start_note": "`lumbung hub serve` on the stored log, until it listens: LogService "
-        "replays every stored entry (Ledger.apply, which verifies each signature) first",
+        "checks every stored entry's signature over every core, then replays them",
         "hub_start_floor_s": round(hub_start_floor_s, 3),
         "hub_start_ratio_to_floor": round(start_s / hub_start_floor_s, 3),
         "total_s": round(audit_s, 3),
