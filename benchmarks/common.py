@@ -129,7 +129,7 @@ class ServerProcess:
             self.proc.wait()
 
 
-def _child_env() -> dict[str, str]:
+def child_env() -> dict[str, str]:
     # A developer's LUMBUNG_HUB_* settings must not change what is measured.
     env = {k: v for k, v in os.environ.items() if not k.startswith("LUMBUNG_")}
     src = str(BENCH_DIR.parent / "src")
@@ -137,8 +137,10 @@ def _child_env() -> dict[str, str]:
     return env
 
 
-def _wait_for_port(proc: subprocess.Popen[bytes], port_file: Path, log_path: Path) -> int:
-    deadline = time.monotonic() + _START_TIMEOUT_S
+def _wait_for_port(
+    proc: subprocess.Popen[bytes], port_file: Path, log_path: Path, timeout_s: float
+) -> int:
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if port_file.exists():
             return int(port_file.read_text())
@@ -152,14 +154,17 @@ def _wait_for_port(proc: subprocess.Popen[bytes], port_file: Path, log_path: Pat
 
 
 @contextlib.contextmanager
-def _server(argv: list[str], port_file: Path, log_path: Path) -> Iterator[ServerProcess]:
+def server_process(
+    argv: list[str], port_file: Path, log_path: Path, *, start_timeout_s: float = _START_TIMEOUT_S
+) -> Iterator[ServerProcess]:
+    """``argv`` as a server process, yielded once it has published its port in ``port_file``."""
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, env=_child_env(), cwd=BENCH_DIR.parent
+            argv, stdout=log_file, stderr=subprocess.STDOUT, env=child_env(), cwd=BENCH_DIR.parent
         )
     server = ServerProcess(proc, "", log_path)
     try:
-        port = _wait_for_port(proc, port_file, log_path)
+        port = _wait_for_port(proc, port_file, log_path, start_timeout_s)
         server.url = f"http://{HOST}:{port}"
         yield server
     finally:
@@ -221,7 +226,7 @@ def hub_process(db_url: str = "", *, profile_path: Path | None = None) -> Iterat
                 str(profile_path),
                 str(FAUCET_MICRO),
             ]
-        with _server(argv, data_dir / "port", Path(tmp) / "hub.log") as server:
+        with server_process(argv, data_dir / "port", Path(tmp) / "hub.log") as server:
             yield server
 
 
@@ -240,7 +245,7 @@ def bare_process() -> Iterator[ServerProcess]:
     with tempfile.TemporaryDirectory(prefix="lumbung-bench-bare-") as tmp:
         port_file = Path(tmp) / "port"
         argv = [sys.executable, "-c", _BARE_APP, str(BENCH_DIR), str(port_file)]
-        with _server(argv, port_file, Path(tmp) / "bare.log") as server:
+        with server_process(argv, port_file, Path(tmp) / "bare.log") as server:
             yield server
 
 

@@ -40,16 +40,15 @@ from typing import Any
 import sqlalchemy as sa
 
 from common import (
-    BENCH_DIR,
     DEFAULT_POSTGRES_URL,
-    HOST,
     PostgresUnreachable,
     ServerProcess,
-    _child_env,
+    child_env,
     emit,
     log,
     machine,
     postgres_schema,
+    server_process,
 )
 from ledger import ENTRIES_PER_ROUND, Economy, floors
 from lumbung.crypto.keys import KEY_FILE_NAME, Identity
@@ -361,22 +360,11 @@ def hub_on(data_dir: Path, log_path: Path) -> Iterator[tuple[ServerProcess, floa
         "0",
     ]
     started = time.perf_counter()
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, env=_child_env(), cwd=BENCH_DIR.parent
-        )
-    server = ServerProcess(proc, "", log_path)
-    port_file = data_dir / "port"
-    try:
-        while not port_file.exists():
-            if proc.poll() is not None or time.perf_counter() - started > _HUB_START_TIMEOUT_S:
-                tail = log_path.read_text(errors="replace")[-3000:]
-                raise RuntimeError(f"the hub did not start; its log:\n{tail}")
-            time.sleep(0.05)
-        server.url = f"http://{HOST}:{int(port_file.read_text())}"
+    # A hub on a big log replays it before it listens: minutes, not the usual start-up timeout.
+    with server_process(
+        argv, data_dir / "port", log_path, start_timeout_s=_HUB_START_TIMEOUT_S
+    ) as server:
         yield server, time.perf_counter() - started
-    finally:
-        server.stop()
 
 
 def audit_cli(data_dir: Path, n: int, floor: dict[str, float], processes: int) -> dict[str, Any]:
@@ -399,7 +387,7 @@ def audit_cli(data_dir: Path, n: int, floor: dict[str, float], processes: int) -
             argv,
             capture_output=True,
             text=True,
-            env=_child_env(),
+            env=child_env(),
             timeout=_AUDIT_TIMEOUT_S,
             check=False,
         )
