@@ -22,7 +22,7 @@ from rich.text import Text
 from lumbung.cli import render
 from lumbung.cli.demo import Cluster, settlement_report, wait_for_nodes
 from lumbung.cli.jobs import watch_job
-from lumbung.cli.model import MODELS_CACHE, fetch_model, sample_text
+from lumbung.cli.model import fetch_model, models_cache, sample_text
 from lumbung.client import Client
 from lumbung.train.codec import HEADER
 from lumbung.wire.api import JobView
@@ -139,7 +139,8 @@ def run_training(cluster: Cluster, client: Client, console: Console, size: Size)
         )
     sampled = ""
     if job.model_sha256 is not None:
-        weights = fetch_model(client, job, MODELS_CACHE)
+        cache = models_cache()
+        weights = fetch_model(client, job, cache)
         numel = (weights.stat().st_size - HEADER.size) // 4  # the header, then float32 values
         sent, data_parallel = bytes_report(job, numel)
         console.print(
@@ -147,7 +148,7 @@ def run_training(cluster: Cluster, client: Client, console: Console, size: Size)
             f"have sent {data_parallel / 1e6:.1f} MB for the same steps "
             f"({data_parallel / max(sent, 1):.0f}x more)."
         )
-        sampled = sample_text(job, weights, SAMPLE_PROMPT, SAMPLE_LENGTH, 0.8, 0)
+        sampled = sample_text(job, weights, cache, SAMPLE_PROMPT, SAMPLE_LENGTH, 0.8, 0)
         console.print("[bold]The model writes:[/]")
         console.print(sampled, markup=False, highlight=False)
     names.update({n.id: n.name for n in client.nodes()})

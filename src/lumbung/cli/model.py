@@ -20,10 +20,15 @@ from lumbung.cli import render
 from lumbung.cli.jobs import DataDirOption, HubOption, JobIdArgument, connect
 from lumbung.client import Client
 from lumbung.errors import NotFound, Unavailable
+from lumbung.train.data import default_cache_dir
 from lumbung.wire.api import JobView
 
 model_app = typer.Typer(help="Use the models train jobs produced.", no_args_is_help=True)
-MODELS_CACHE = Path.home() / ".cache" / "lumbung" / "models"
+
+
+def models_cache() -> Path:
+    """Where trained models (and what sampling them needs) are kept, by their SHA-256."""
+    return default_cache_dir() / "models"
 
 
 @model_app.command("sample")
@@ -37,23 +42,25 @@ def sample(
     data_dir: DataDirOption = None,
 ) -> None:
     """Generate text with a train job's trained model."""
+    cache = models_cache()
     with connect(hub, data_dir) as client:
         job = client.get(job_id)
-        weights = fetch_model(client, job, MODELS_CACHE)
-        dataset = job.spec.train.dataset.sha256 if job.spec.train is not None else None
-        if dataset is not None and not (MODELS_CACHE / dataset).exists():
-            client.download(dataset, MODELS_CACHE / dataset)
-        for item in job.spec.inputs:  # a custom model's code
-            if item.sha256 is not None and not (MODELS_CACHE / item.sha256).exists():
-                client.download(item.sha256, MODELS_CACHE / item.sha256)
-    text = sample_text(job, weights, prompt, length, temperature, seed)
+        weights = fetch_model(client, job, cache)
+    text = sample_text(job, weights, cache, prompt, length, temperature, seed)
     render.stdout_console().print(text, markup=False, highlight=False)
 
 
 def sample_text(
-    job: JobView, weights: Path, prompt: str, length: int, temperature: float, seed: int
+    job: JobView,
+    weights: Path,
+    cache: Path,
+    prompt: str,
+    length: int,
+    temperature: float,
+    seed: int,
 ) -> str:
-    """``prompt`` continued by the job's model (``python -m lumbung.train.sample``)."""
+    """``prompt`` continued by the job's model (``python -m lumbung.train.sample``), with what
+    ``fetch_model`` put in ``cache``."""
     if importlib.util.find_spec("torch") is None:
         raise Unavailable("sampling needs torch: pip install 'lumbung[train]'")
     if job.spec.train is None:
@@ -68,14 +75,14 @@ def sample_text(
         ]
         dataset = job.spec.train.dataset.sha256
         if dataset is not None:  # a model of the user's own text: its characters are the vocabulary
-            argv += ["--dataset", str(MODELS_CACHE / dataset)]
+            argv += ["--dataset", str(cache / dataset)]
         if job.spec.train.model.factory is not None:
             code = Path(tmp) / "inputs"
             code.mkdir()
             for item in job.spec.inputs:
                 if item.sha256 is not None:  # names are relative and checked by the spec
                     (code / item.name).parent.mkdir(parents=True, exist_ok=True)
-                    (code / item.name).write_bytes((MODELS_CACHE / item.sha256).read_bytes())
+                    (code / item.name).write_bytes((cache / item.sha256).read_bytes())
             argv += ["--code-dir", str(code)]
         done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -84,16 +91,19 @@ def sample_text(
 
 
 def fetch_model(client: Client, job: JobView, cache: Path) -> Path:
-    """The job's trained model in ``cache`` (downloaded once, verified against its hash)."""
+    """The job's trained model in ``cache``, and what sampling it needs: the text file it was
+    trained on, a custom model's code. Each downloaded once, verified against its hash."""
     if job.spec.train is None:
         raise NotFound(f"job {job.id} is not a train job", field="job_id")
     if job.model_sha256 is None:
         raise NotFound(f"job {job.id} has no trained model yet ({job.state})", field="job_id")
-    dest = cache / job.model_sha256
-    if not dest.exists():
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        client.download(job.model_sha256, dest)
-    return dest
+    needed = [job.model_sha256, job.spec.train.dataset.sha256]
+    needed += [item.sha256 for item in job.spec.inputs]
+    cache.mkdir(parents=True, exist_ok=True)
+    for sha256 in needed:
+        if sha256 is not None and not (cache / sha256).exists():
+            client.download(sha256, cache / sha256)
+    return cache / job.model_sha256
 
 
 def write_training_results(client: Client, job: JobView, out_dir: Path) -> list[Path]:
