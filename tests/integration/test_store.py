@@ -534,3 +534,4 @@ def test_a_task_sends_one_update_per_round(store: Store) -> None:
     with pytest.raises(Conflict):
         store.apply(Changes(updates=[_update(tasks[1], 0, T0 + 4)]))
     assert store.list_updates(job.id, 1) == []
+    assert store.list_updates(job.id) == [second, first]  # every round of the job

@@ -114,6 +114,9 @@ def _round_views(ctx: HubContext, job: Job) -> tuple[list[RoundView], str | None
     if job.spec.train is None:
         return [], None
     rounds = ctx.store.list_rounds(job.id)
+    devices: dict[int, list[str]] = {}
+    for update in ctx.store.list_updates(job.id):  # one query, not one per round
+        devices.setdefault(update.round_index, []).append(update.device)
     total = job.spec.train.total_rounds()
     model = rounds[-1].base_sha if rounds and rounds[-1].index >= total else None
     views = [
@@ -125,7 +128,7 @@ def _round_views(ctx: HubContext, job: Job) -> tuple[list[RoundView], str | None
             closed_at=r.closed_at,
             base_sha=r.base_sha,
             metrics=r.metrics,
-            devices=sorted(u.device for u in ctx.store.list_updates(job.id, r.index)),
+            devices=sorted(devices.get(r.index, [])),
         )
         for r in rounds
         if r.index < total  # the record past the last round only holds the model

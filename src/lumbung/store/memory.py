@@ -284,13 +284,15 @@ class MemoryStore:
             ]
             return [_copy_round(r) for r in sorted(due, key=lambda r: r.deadline_at)]
 
-    def list_updates(self, job_id: str, round_index: int) -> list[RoundUpdate]:
+    def list_updates(self, job_id: str, round_index: int | None = None) -> list[RoundUpdate]:
         with self._lock:
-            return [
+            found = [
                 u
                 for (job, index, _), u in self._updates.items()
-                if job == job_id and index == round_index
+                if job == job_id and round_index in (None, index)
             ]
+        # Stable: within a round, the order they arrived in.
+        return sorted(found, key=lambda u: u.round_index)
 
     # --- checkpoints, work, logs ----------------------------------------------------------------
 

@@ -125,8 +125,9 @@ class Store(Protocol):
     def rounds_due(self, now: float) -> list[Round]:
         """Open rounds whose deadline has passed, oldest deadline first."""
 
-    def list_updates(self, job_id: str, round_index: int) -> list[RoundUpdate]:
-        """The updates to one round, in the order they arrived."""
+    def list_updates(self, job_id: str, round_index: int | None = None) -> list[RoundUpdate]:
+        """The updates to one round (or, with None, to every round of the job), in the order
+        they arrived."""
 
     def append_log(self, record: LogRecord) -> int:
         """Store a log chunk (its ``seq`` is ignored) and return the seq it was given."""

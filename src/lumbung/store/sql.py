@@ -359,13 +359,12 @@ class SqlStore:
         )
         return [t.round_from_row(r) for r in self._rows(stmt)]
 
-    def list_updates(self, job_id: str, round_index: int) -> list[RoundUpdate]:
+    def list_updates(self, job_id: str, round_index: int | None = None) -> list[RoundUpdate]:
         uc = t.round_updates.c
-        stmt = (
-            select(t.round_updates)
-            .where(uc.job_id == job_id, uc.round_index == round_index)
-            .order_by(uc.created_at, uc.task_id)
-        )
+        stmt = select(t.round_updates).where(uc.job_id == job_id)
+        if round_index is not None:
+            stmt = stmt.where(uc.round_index == round_index)
+        stmt = stmt.order_by(uc.round_index, uc.created_at, uc.task_id)
         return [t.update_from_row(r) for r in self._rows(stmt)]
 
     def append_log(self, record: LogRecord) -> int:
