@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from fastapi.testclient import TestClient
+from hubkit import FakeClock
 
 from lumbung.client.auth import SignedAuth
 from lumbung.config import HubConfig
@@ -36,14 +37,6 @@ from lumbung.store.sql import SqlStore
 
 FAUCET_MICRO = 5_000_000
 AT_MS = 1_800_000_000_000
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @dataclass
