@@ -14,14 +14,13 @@ from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lumbung.errors import Rejected
-from lumbung.ids import is_sha256_hex
+from lumbung.wire.fields import Strict, entry_point, finite, sha256_hex
 from lumbung.wire.train import TrainSpec
 
 MAX_TASKS_PER_JOB = 10_000
-_ENTRYPOINT_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -34,10 +33,6 @@ def _safe_relative(path: str, what: str) -> str:
     if not path or p.is_absolute() or ".." in p.parts or "\\" in path or "\x00" in path:
         raise ValueError(f"{what} must be a relative path without '..', got {path!r}")
     return str(p)
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Resources(Strict):
@@ -59,9 +54,7 @@ class Resources(Strict):
     @field_validator("gpu_memory_gb", "memory_gb", "disk_gb")
     @classmethod
     def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
+        return finite(v)
 
 
 class InputSpec(Strict):
@@ -79,9 +72,7 @@ class InputSpec(Strict):
     @field_validator("sha256")
     @classmethod
     def _hash_form(cls, v: str | None) -> str | None:
-        if v is not None and not is_sha256_hex(v):
-            raise ValueError("must be 64 lowercase hex digits (SHA-256)")
-        return v
+        return sha256_hex(v)
 
     @model_validator(mode="after")
     def _one_source(self) -> InputSpec:
@@ -127,9 +118,7 @@ class JobSpec(Strict):
     @field_validator("entrypoint")
     @classmethod
     def _entrypoint_form(cls, v: str | None) -> str | None:
-        if v is not None and not _ENTRYPOINT_RE.match(v):
-            raise ValueError("must look like 'package.module:function'")
-        return v
+        return entry_point(v)
 
     @field_validator("outputs")
     @classmethod

@@ -9,24 +9,18 @@ dotted field under ``train`` (``train.inner_steps``).
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from lumbung.ids import is_object_id, is_sha256_hex
+from lumbung.ids import is_object_id
+from lumbung.wire.fields import Strict, entry_point, finite, sha256_hex
 
 MODELS = ("llama-char", "custom")
-_FACTORY_RE = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
 DATASETS = ("shakespeare", "text")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ModelSpec(_Strict):
+class ModelSpec(Strict):
     """The built-in Llama-style character model (RMSNorm, rotary positions, SwiGLU), or ``custom``:
     ``factory`` names ``module:function`` in the job's inputs, called as
     ``function(vocab_size=..., context=...)``, returning a torch module that maps (batch, time)
@@ -51,9 +45,7 @@ class ModelSpec(_Strict):
     @field_validator("factory")
     @classmethod
     def _factory_form(cls, v: str | None) -> str | None:
-        if v is not None and not _FACTORY_RE.match(v):
-            raise ValueError("must look like 'package.module:function'")
-        return v
+        return entry_point(v)
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> ModelSpec:
@@ -64,7 +56,7 @@ class ModelSpec(_Strict):
         return self
 
 
-class DatasetSpec(_Strict):
+class DatasetSpec(Strict):
     """The built-in Shakespeare, or ``text``: your own UTF-8 text file, uploaded as an artifact
     (``sha256``), its last ``validation_fraction`` held out for validation."""
 
@@ -85,9 +77,7 @@ class DatasetSpec(_Strict):
     @field_validator("sha256")
     @classmethod
     def _hash_form(cls, v: str | None) -> str | None:
-        if v is not None and not is_sha256_hex(v):
-            raise ValueError("must be 64 lowercase hex digits (SHA-256)")
-        return v
+        return sha256_hex(v)
 
     @model_validator(mode="after")
     def _text_has_its_file(self) -> DatasetSpec:
@@ -99,7 +89,7 @@ class DatasetSpec(_Strict):
         return self
 
 
-class WorkersSpec(_Strict):
+class WorkersSpec(Strict):
     wanted: Annotated[int, Field(ge=1, le=1024)] = 4
     minimum: Annotated[int, Field(ge=1, le=1024)] = 1  # a round closes at its deadline with these
 
@@ -110,7 +100,7 @@ class WorkersSpec(_Strict):
         return self
 
 
-class InnerSpec(_Strict):
+class InnerSpec(Strict):
     """Each worker's optimiser. AdamW as in the paper; SGD makes DiLoCo with H=1 equal data
     parallelism exactly (averaging AdamW steps is not AdamW on averaged gradients)."""
 
@@ -123,12 +113,10 @@ class InnerSpec(_Strict):
     @field_validator("lr", "weight_decay")
     @classmethod
     def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be a finite number")
-        return v
+        return finite(v)
 
 
-class OuterSpec(_Strict):
+class OuterSpec(Strict):
     """The hub's optimiser on the averaged pseudo-gradient; the paper's defaults."""
 
     lr: Annotated[float, Field(gt=0, le=10)] = 0.7
@@ -136,14 +124,14 @@ class OuterSpec(_Strict):
     nesterov: bool = True
 
 
-class CompressionSpec(_Strict):
+class CompressionSpec(Strict):
     """How pseudo-gradients (up) and weight changes (down) travel."""
 
     codec: Literal["none", "fp16", "int8"] = "int8"
     block_size: Annotated[int, Field(ge=1, le=1 << 20)] = 256
 
 
-class TrainSpec(_Strict):
+class TrainSpec(Strict):
     model: ModelSpec = Field(default_factory=lambda: ModelSpec())
     dataset: DatasetSpec = Field(default_factory=lambda: DatasetSpec())
     workers: WorkersSpec = Field(default_factory=lambda: WorkersSpec())
