@@ -506,6 +506,8 @@ def test_rounds_open_close_and_refuse_stale_writes(store: Store) -> None:
     assert store.get_round(job.id, 0) == first
     with pytest.raises(StaleWrite):
         store.apply(Changes(rounds=[stale]))
+    with pytest.raises(StaleWrite):  # a second closer of round 0: stale, not a taken round 1
+        store.apply(Changes(rounds=[stale], new_rounds=[_round(job, 1)]))
     assert [r.index for r in store.list_rounds(job.id)] == [0, 1]
     assert store.latest_round(job.id).index == 1
     with pytest.raises(Conflict):

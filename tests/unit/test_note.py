@@ -225,9 +225,13 @@ def test_vkey_with_a_wrong_key_id_or_shape_is_rejected(alice: Identity, bob: Ide
     name, kid_hex, material = good.split("+", 2)
     bobs_material = vkey("alice.example", bob.public_key_raw).split("+", 2)[2]
     short_key = base64.b64encode(b"\x01" + alice.public_key_raw[:31]).decode()
+    other_kid = f"{int(kid_hex, 16) ^ 1:08x}"
+    # A key id of digits only has no upper case: force a letter so the case check always runs.
+    letters = kid_hex[:-1] + "a" if kid_hex.isdigit() else kid_hex
     bad = [
         f"{name}+{kid_hex}+{bobs_material}",
-        f"{name}+{kid_hex.upper()}+{material}",
+        f"{name}+{other_kid}+{material}",
+        f"{name}+{letters.upper()}+{material}",
         f"{name}+{kid_hex}",
         f"{name}+{kid_hex}+{material}+extra",
         f"{name}+{kid_hex}+{short_key}",

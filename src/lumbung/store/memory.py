@@ -222,12 +222,8 @@ class MemoryStore:
 
     def _stage_rounds(self, changes: Changes) -> dict[tuple[str, int], Round]:
         staged: dict[tuple[str, int], Round] = {}
-        for record in changes.new_rounds:
-            key = (record.job_id, record.index)
-            if key in self._rounds or key in staged or record.job_id not in self._jobs:
-                where = f"{record.job_id} round {record.index}"
-                raise Conflict(f"round taken or its job unknown: {where}")
-            staged[key] = _copy_round(record)
+        # Versions first, as the SQL store does: of two closers of one round, the late one is
+        # stale (and backs off), not in conflict over the round it would open next.
         for record in changes.rounds:
             key = (record.job_id, record.index)
             current = staged.get(key) or self._rounds.get(key)
@@ -239,6 +235,12 @@ class MemoryStore:
             new = _copy_round(record)
             new.version += 1
             staged[key] = new
+        for record in changes.new_rounds:
+            key = (record.job_id, record.index)
+            if key in self._rounds or key in staged or record.job_id not in self._jobs:
+                where = f"{record.job_id} round {record.index}"
+                raise Conflict(f"round taken or its job unknown: {where}")
+            staged[key] = _copy_round(record)
         return staged
 
     def _stage_updates(self, updates: list[RoundUpdate]) -> dict[tuple[str, int, str], RoundUpdate]:

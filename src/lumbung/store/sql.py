@@ -255,12 +255,9 @@ class SqlStore:
             record.version += 1
 
     def _write_rounds(self, conn: Connection, changes: Changes) -> None:
-        if changes.new_rounds:
-            try:
-                conn.execute(generic_insert(t.rounds), [t.round_row(r) for r in changes.new_rounds])
-            except IntegrityError as exc:
-                keys = ", ".join(f"{r.job_id} round {r.index}" for r in changes.new_rounds)
-                raise Conflict(f"round taken or its job unknown: {keys}") from exc
+        # Versioned updates before inserts: of two closers of one round, the late one waits on
+        # the round's row lock (PostgreSQL), finds its version gone and is stale (it backs off).
+        # Inserting the next round first would fail it on that round's key instead: a Conflict.
         for record in changes.rounds:
             row = t.round_row(record)
             row["version"] = record.version + 1
@@ -278,6 +275,12 @@ class SqlStore:
                 raise StaleWrite(
                     f"round {record.index} of job {record.job_id} changed concurrently"
                 )
+        if changes.new_rounds:
+            try:
+                conn.execute(generic_insert(t.rounds), [t.round_row(r) for r in changes.new_rounds])
+            except IntegrityError as exc:
+                keys = ", ".join(f"{r.job_id} round {r.index}" for r in changes.new_rounds)
+                raise Conflict(f"round taken or its job unknown: {keys}") from exc
         if changes.updates:
             try:
                 rows = [t.update_row(u) for u in changes.updates]
