@@ -216,6 +216,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.quick:
         total_tasks, nodes = 100, 20
     backends: dict[str, Any] = {}
+    if args.profile_dir:
+        Path(args.profile_dir).mkdir(parents=True, exist_ok=True)
     for backend in args.backends.split(","):
         profile_path = (
             Path(args.profile_dir) / f"hub-{backend}.pstats" if args.profile_dir else None

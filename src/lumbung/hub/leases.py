@@ -65,7 +65,7 @@ def register_node(ctx: HubContext, node_id: str, reg: NodeRegister) -> Node:
 def heartbeat(ctx: HubContext, node_id: str, beat: HeartbeatRequest) -> HeartbeatResponse:
     """Renew the leases the node still holds; tell it which of its tasks to stop."""
     now = ctx.clock()
-    ctx.store.get_node(node_id)  # NotFound tells a node that the hub forgot it: re-register
+    # NotFound tells a node that the hub forgot it: re-register.
     ctx.store.record_heartbeat(node_id, now, beat.free_slots, beat.draining)
     renewed: list[str] = []
     cancel: list[str] = []

@@ -23,6 +23,9 @@ _META_ID = 1
 # Node keys per IN (...) query: far below every database's bound-parameter limit.
 _KEYS_PER_QUERY = 400
 
+# Read before every append (has another hub appended?): built once, like the hub's hot statements.
+_SIZE = select(t.ledger_meta.c.size).where(t.ledger_meta.c.id == _META_ID)
+
 
 class SqlLedgerStore:
     def __init__(self, engine: Engine) -> None:
@@ -33,8 +36,7 @@ class SqlLedgerStore:
 
     def ledger_size(self) -> int:
         with self._engine.connect() as conn:
-            stmt = select(t.ledger_meta.c.size).where(t.ledger_meta.c.id == _META_ID)
-            return int(conn.execute(stmt).scalar_one())
+            return int(conn.execute(_SIZE).scalar_one())
 
     def append(
         self, leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
