@@ -11,8 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+import pytest
 from hubkit import LEASE_S, Actor, Hub, claim
 
+from lumbung.errors import StaleWrite, Unavailable
 from lumbung.hub.leases import expire_leases
 from lumbung.hub.rounds import close_due_rounds, close_ready_rounds, submit_update
 from lumbung.train.codec import CodecConfig, decode, encode
@@ -279,17 +281,9 @@ def test_updates_arriving_together_all_count_and_the_round_closes_once(hub: Hub)
     blob = nodes[1].upload(encode(delta, INT8))
 
     def report(i: int) -> None:
-        body = RoundUpdateReport(
-            attempt=tasks[i]["attempt"],
-            sha256=blob,
-            base_sha=initial,
-            tokens=1,
-            inner_steps=1,
-            train_loss=1.0,
-            bytes_down=0,
-            runtime_s=1.0,
+        submit_update(
+            hub.ctx, nodes[i].id, tasks[i]["task_id"], 0, _report(tasks[i], blob, initial)
         )
-        submit_update(hub.ctx, nodes[i].id, tasks[i]["task_id"], 0, body)
 
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(report, [1, 2, 3]))
@@ -297,3 +291,43 @@ def test_updates_arriving_together_all_count_and_the_round_closes_once(hub: Hub)
     assert [(r.index, r.state.value, r.participants) for r in rounds[:1]] == [(0, "closed", 4)]
     assert len(hub.ctx.store.list_updates(job_id, 0)) == 4
     assert rounds[1].state.value == "open"
+
+
+def test_an_update_that_loses_every_race_is_503_with_nothing_written(
+    hub: Hub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nodes = trainers(hub, 2)
+    job_id = hub.actor().submit(train_spec(workers={"wanted": 2, "minimum": 2}))["job"]["id"]
+    tasks = claim_all(hub, nodes)
+    initial = nodes[0].upload(encode(np.zeros(NUMEL, dtype=np.float32), FULL_WEIGHTS))
+    delta = np.full(NUMEL, 0.01, dtype=np.float32)
+    send(nodes[0], tasks[0], 0, delta, initial, initial_sha=initial)
+    store, real_apply = hub.ctx.store, hub.ctx.store.apply
+
+    def always_beaten(changes: Any) -> None:
+        if changes.updates:  # another worker's update always lands first
+            raise StaleWrite("round 0 changed concurrently")
+        real_apply(changes)
+
+    monkeypatch.setattr(store, "apply", always_beaten)
+    body = _report(tasks[1], nodes[1].upload(encode(delta, INT8)), initial)
+    with pytest.raises(Unavailable, match="send it again") as caught:
+        submit_update(hub.ctx, nodes[1].id, tasks[1]["task_id"], 0, body)
+    assert caught.value.field == "round"
+    assert [u.task_id for u in store.list_updates(job_id, 0)] == [tasks[0]["task_id"]]
+    monkeypatch.setattr(store, "apply", real_apply)
+    submit_update(hub.ctx, nodes[1].id, tasks[1]["task_id"], 0, body)  # sent again: taken
+    assert store.get_round(job_id, 0).state.value == "closed"
+
+
+def _report(task: dict[str, Any], sha256: str, base_sha: str) -> RoundUpdateReport:
+    return RoundUpdateReport(
+        attempt=task["attempt"],
+        sha256=sha256,
+        base_sha=base_sha,
+        tokens=1,
+        inner_steps=1,
+        train_loss=1.0,
+        bytes_down=0,
+        runtime_s=1.0,
+    )

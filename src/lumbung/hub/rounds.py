@@ -24,7 +24,15 @@ import statistics
 
 import numpy as np
 
-from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected, StaleWrite
+from lumbung.errors import (
+    Conflict,
+    Forbidden,
+    LumbungError,
+    NotFound,
+    Rejected,
+    StaleWrite,
+    Unavailable,
+)
 from lumbung.hub import escrow
 from lumbung.hub.context import HubContext
 from lumbung.hub.reports import held_task
@@ -83,7 +91,8 @@ def submit_update(
     Refused, with nothing written: a task not held by this node (403) or a stale attempt (409),
     a round that is not the open one (409, field ``round``), weights other than the round's
     (409, ``base_sha``), a blob never uploaded or not a valid update for this model (422,
-    ``sha256``), a second update from the same task (409, ``round``).
+    ``sha256``), a second update from the same task (409, ``round``), and an update that lost
+    every race to other writers of the round (503, ``round``: send it again).
     """
     task = held_task(ctx, node_id, task_id, report.attempt)
     job = ctx.store.get_job(task.job_id)
@@ -92,11 +101,16 @@ def submit_update(
         try:
             _accept(ctx, job, spec, task.id, node_id, round_index, report)
             break
-        except StaleWrite:
+        except StaleWrite as exc:
             # Another worker's update (or the round's close) changed the round since it was
             # read: read it again, so an update never lands in a round that already closed.
             if attempt + 1 == _UPDATE_ATTEMPTS:
-                raise
+                # Nothing was written; a 409 would read as "round closed" and the worker would
+                # drop its inner steps. 503: the worker's courier sends the same update again.
+                raise Unavailable(
+                    f"round {round_index} is busy with other workers' updates; send it again",
+                    field="round",
+                ) from exc
     escrow.settle_quietly(ctx, job.id)
     maybe_close(ctx, job.id)
 
