@@ -130,7 +130,7 @@ tasks = Table(
     Column("log_bytes", BigInteger, nullable=False),
     Column("version", Integer, nullable=False),
     Index("ix_tasks_state_queued_at", "state", "queued_at"),
-    Index("ix_tasks_job_id", "job_id"),
+    Index("ix_tasks_job_id_state", "job_id", "state"),
     Index("ix_tasks_state_lease_expires_at", "state", "lease_expires_at"),
     Index("ix_tasks_node_id", "node_id"),
 )
