@@ -13,6 +13,7 @@ from hubkit import LEASE_S, Hub, claim, spec
 from lumbung.client.auth import SignedAuth
 from lumbung.config import HubConfig
 from lumbung.hub.leases import MAX_LOST_LEASES, expire_leases, grace_after_restart
+from lumbung.market.reliability import DAY_S
 
 
 def test_job_runs_from_submit_to_results(hub: Hub) -> None:
@@ -336,3 +337,18 @@ def test_a_task_that_keeps_losing_its_node_fails_instead_of_cycling_for_ever(hub
     job = consumer.call("GET", f"/v1/jobs/{job_id}")
     assert job["state"] == "failed"
     assert f"lost its node {MAX_LOST_LEASES} times" in job["error"]
+
+
+def test_reliability_counts_are_reused_for_a_minute_and_minutes_past_a_day_are_swept(
+    hub: Hub,
+) -> None:
+    node = hub.node("steady")  # registered, so heard, in the first minute
+    hub.clock.advance(60)
+    assert hub.ctx.snapshots(fresh=True)[0].reliability == 0.5  # heard in 1 of 2 minutes
+    node.call("POST", "/v1/nodes/heartbeat", {"tasks": []})
+    hub.clock.advance(2)  # past the snapshots' second, within the counts' minute
+    assert hub.ctx.snapshots()[0].reliability == 0.5
+    assert hub.ctx.snapshots(fresh=True)[0].reliability == 1.0
+    hub.clock.advance(DAY_S + 120)
+    assert hub.ctx.store.purge_heartbeat_minutes(hub.clock() - DAY_S - 60) == 2
+    assert hub.ctx.store.heartbeat_minutes(since=0.0) == {}

@@ -19,11 +19,12 @@ from lumbung.hub.ledger_routes import router as ledger_router
 from lumbung.hub.limits import BodyLimit
 from lumbung.hub.rounds import close_due_rounds, close_ready_rounds
 from lumbung.hub.routes import router
+from lumbung.market.reliability import DAY_S
 
 log = logging.getLogger("lumbung.hub")
 
-# Nonces are swept this often; they are also harmless to keep, only space.
-_NONCE_SWEEP_S = 60.0
+# Nonces and heartbeat minutes too old to matter are swept this often.
+_SWEEP_S = 60.0
 
 
 async def _reap(ctx: HubContext) -> None:
@@ -37,8 +38,11 @@ async def _reap(ctx: HubContext) -> None:
                 close_ready_rounds(ctx)  # a dead worker no longer holds its round open
             close_due_rounds(ctx)
             since_sweep += ctx.config.reaper_interval_s
-            if since_sweep >= _NONCE_SWEEP_S:
-                ctx.store.purge_nonces(ctx.clock())
+            if since_sweep >= _SWEEP_S:
+                now = ctx.clock()
+                ctx.store.purge_nonces(now)
+                # Reliability counts a day of minutes; older ones would only slow that count.
+                ctx.store.purge_heartbeat_minutes(now - DAY_S - 60)
                 reconcile(ctx)
                 since_sweep = 0.0
         except Exception:

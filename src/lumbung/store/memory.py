@@ -106,6 +106,16 @@ class MemoryStore:
             node.version += 1
             self._minutes.setdefault(node_id, set()).add(int(now // 60))
 
+    def purge_heartbeat_minutes(self, before: float) -> int:
+        first_kept = int(before // 60)
+        purged = 0
+        with self._lock:
+            for minutes in self._minutes.values():
+                old = {m for m in minutes if m < first_kept}
+                minutes -= old
+                purged += len(old)
+        return purged
+
     def heartbeat_minutes(self, since: float, node_id: str | None = None) -> dict[str, int]:
         first = int(since // 60)  # the minute containing ``since`` counts, as in SqlStore
         with self._lock:

@@ -70,6 +70,9 @@ class Store(Protocol):
         """Per node (all, or the one named), how many distinct minutes since ``since`` (the minute
         containing it included) had at least one heartbeat; nodes never heard are left out."""
 
+    def purge_heartbeat_minutes(self, before: float) -> int:
+        """Forget the heartbeat minutes that end before ``before``; returns how many."""
+
     # --- jobs and tasks -------------------------------------------------------------------------
     def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
         """Insert a job and all its tasks in one transaction."""

@@ -121,6 +121,7 @@ class SqlStore:
         self._ledger: SqlLedgerStore | None = None
         # A node's heartbeat minutes (its reliability): the first heartbeat of a minute counts.
         self._heartbeat_minute = self._insert(t.heartbeat_minutes).on_conflict_do_nothing()
+        self._minutes_recorded: dict[str, int] = {}  # node -> the last minute this process wrote
         work = self._insert(t.work)
         keys = ("task_id", "attempt")
         self._work_upsert = work.on_conflict_do_update(
@@ -193,11 +194,19 @@ class SqlStore:
 
     def record_heartbeat(self, node_id: str, now: float, free_slots: int, draining: bool) -> None:
         beat = {"b_id": node_id, "b_at": now, "b_free_slots": free_slots, "b_draining": draining}
-        minute = {"node_id": node_id, "minute": int(now // 60)}
+        minute = int(now // 60)
         with self._engine.begin() as conn:
             if conn.execute(_HEARTBEAT, beat).rowcount == 0:
                 raise NotFound(f"no node {node_id}")
-            conn.execute(self._heartbeat_minute, minute)
+            # A node heartbeats several times a minute; only its minute's first one is new.
+            if self._minutes_recorded.get(node_id) != minute:
+                conn.execute(self._heartbeat_minute, {"node_id": node_id, "minute": minute})
+        self._minutes_recorded[node_id] = minute  # after the commit: a rollback records nothing
+
+    def purge_heartbeat_minutes(self, before: float) -> int:
+        hm = t.heartbeat_minutes
+        with self._engine.begin() as conn:
+            return conn.execute(hm.delete().where(hm.c.minute < int(before // 60))).rowcount
 
     def heartbeat_minutes(self, since: float, node_id: str | None = None) -> dict[str, int]:
         hm = t.heartbeat_minutes

@@ -89,6 +89,7 @@ heartbeat_minutes = Table(
     metadata,
     Column("node_id", String(64), ForeignKey("nodes.id"), primary_key=True),
     Column("minute", Integer, primary_key=True, autoincrement=False),
+    Index("ix_heartbeat_minutes_minute", "minute"),
 )
 
 jobs = Table(
