@@ -6,8 +6,10 @@ the hub keeps a 5% fee, so every expected amount below is exact arithmetic anyon
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,8 @@ from hubkit import LEASE_S, Actor, Hub, claim, make_hub, spec
 
 from lumbung.errors import Conflict, Rejected
 from lumbung.hub import escrow
+from lumbung.hub.app import reconcile_in_turns
+from lumbung.hub.context import HubContext
 from lumbung.hub.jobs import submit
 from lumbung.hub.leases import expire_leases
 from lumbung.hub.ledger import LogService
@@ -289,7 +293,15 @@ def test_concurrent_submissions_never_overspend(hub: Hub) -> None:
     assert len(hub.ctx.store.list_jobs(consumer.id)) == 2
 
 
-def test_reconcile_pays_work_a_crash_left_unpaid_and_refunds_orphan_locks(hub: Hub) -> None:
+def _in_turns(ctx: HubContext) -> None:
+    asyncio.run(reconcile_in_turns(ctx))
+
+
+# At start-up the hub reconciles in one go; its reaper, one job at a time between requests.
+@pytest.mark.parametrize("reconcile", [escrow.reconcile, _in_turns], ids=["start", "reaper"])
+def test_reconcile_pays_work_a_crash_left_unpaid_and_refunds_orphan_locks(
+    hub: Hub, reconcile: Callable[[HubContext], object]
+) -> None:
     node = hub.node("n1", price_cpu=PRICE)
     consumer = hub.actor()
     job_id = consumer.submit(job_spec())["job"]["id"]
@@ -305,11 +317,11 @@ def test_reconcile_pays_work_a_crash_left_unpaid_and_refunds_orphan_locks(hub: H
     orphan = escrow.decode_escrow(_lock(consumer, hub))
     log_of(hub).append([orphan])
 
-    escrow.reconcile(hub.ctx)
+    reconcile(hub.ctx)
     assert balance(hub, node) == net(4 * PER_S)
     assert balance(hub, consumer) == 0  # the orphan's submission may still be on its way
     hub.clock.advance(escrow.ORPHAN_LOCK_AGE_S + 1)
-    escrow.reconcile(hub.ctx)
+    reconcile(hub.ctx)
     assert balance(hub, consumer) == BUDGET
     assert escrow.reconcile(hub.ctx) == 0  # settled once: running it again pays nothing
     assert log_of(hub).escrow(job_id).released == net(4 * PER_S)

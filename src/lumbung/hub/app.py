@@ -12,7 +12,7 @@ from fastapi import FastAPI
 from lumbung.crypto.keys import Identity
 from lumbung.hub.context import HubContext
 from lumbung.hub.errors import install_error_handlers
-from lumbung.hub.escrow import reconcile
+from lumbung.hub.escrow import ledger_of, reconcile, reconcile_job
 from lumbung.hub.leases import expire_leases, grace_after_restart
 from lumbung.hub.ledger import LogService
 from lumbung.hub.ledger_routes import router as ledger_router
@@ -43,10 +43,21 @@ async def _reap(ctx: HubContext) -> None:
                 ctx.store.purge_nonces(now)
                 # Reliability counts a day of minutes; older ones would only slow that count.
                 ctx.store.purge_heartbeat_minutes(now - DAY_S - 60)
-                reconcile(ctx)
+                await reconcile_in_turns(ctx)
                 since_sweep = 0.0
         except Exception:
             log.exception("lease reaper failed; retrying")
+
+
+async def reconcile_in_turns(ctx: HubContext) -> None:
+    """``reconcile``, one job at a time with the event loop's other work in between: every
+    running job's escrow is open, and settling hundreds in one go would stall every request."""
+    for job_id in ledger_of(ctx).open_escrows():
+        try:
+            reconcile_job(ctx, job_id)
+        except Exception:
+            log.exception("settling job %s failed; the next sweep retries", job_id)
+        await asyncio.sleep(0)
 
 
 def create_app(ctx: HubContext, *, reaper: bool = True) -> FastAPI:

@@ -138,24 +138,24 @@ def settle_quietly(ctx: HubContext, job_id: str) -> None:
 
 def reconcile(ctx: HubContext) -> int:
     """Settle every escrow that still holds money; returns how many entries that appended."""
+    return sum(reconcile_job(ctx, job_id) for job_id in ledger_of(ctx).open_escrows())
+
+
+def reconcile_job(ctx: HubContext, job_id: str) -> int:
+    """Settle one job's escrow; a lock whose job was never stored is refunded once it is old
+    enough that its submission cannot still be storing the job. Returns the entries appended."""
     service = ledger_of(ctx)
-    now_ms = int(ctx.clock() * 1000)
-    appended = 0
-    for job_id in service.open_escrows():
-        try:
-            ctx.store.get_job(job_id)
-        except NotFound:
-            opened_ms = service.escrow(job_id).opened_at
-            if now_ms - opened_ms < ORPHAN_LOCK_AGE_S * 1000:
-                continue  # its submission may still be storing the job
-            before = service.size
-            settle(ctx, job_id, final=True)
-            appended += service.size - before
-            continue
-        before = service.size
+    before = service.size
+    try:
+        ctx.store.get_job(job_id)
+    except NotFound:
+        opened_ms = service.escrow(job_id).opened_at
+        if int(ctx.clock() * 1000) - opened_ms < ORPHAN_LOCK_AGE_S * 1000:
+            return 0  # its submission may still be storing the job
+        settle(ctx, job_id, final=True)
+    else:
         settle(ctx, job_id)
-        appended += service.size - before
-    return appended
+    return service.size - before
 
 
 def _require_new_job(ctx: HubContext, job_id: str) -> None:
