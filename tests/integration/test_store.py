@@ -260,6 +260,18 @@ def test_checkpoints_are_listed_by_seq(store: Store) -> None:
     assert [c.seq for c in store.list_checkpoints(task.id)] == [0, 1, 2]
 
 
+def test_a_jobs_checkpoints_are_read_at_once_by_task_then_seq(store: Store) -> None:
+    job, tasks = stored_job_with_tasks(store, count=3)
+    _, [other] = stored_job_with_tasks(store)
+    first, _, last = sorted(tasks, key=lambda x: x.id)
+    store.apply(Changes(checkpoints=[link(last, 1), link(first, 1), link(last, 0), link(other, 0)]))
+    assert [(c.task_id, c.seq) for c in store.list_job_checkpoints(job.id)] == [
+        (first.id, 1),
+        (last.id, 0),
+        (last.id, 1),
+    ]
+
+
 def test_work_is_upserted_by_task_and_attempt(store: Store) -> None:
     job, [task] = stored_job_with_tasks(store)
     first = Work(job.id, task.id, 1, NODE, 400_000, kept_s=10.0)

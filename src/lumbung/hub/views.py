@@ -6,7 +6,7 @@ from lumbung.errors import NotFound
 from lumbung.hub.context import HubContext
 from lumbung.ledger.settlement import earned_micro
 from lumbung.market.matching import NodeSnapshot
-from lumbung.market.model import Job, Node, Task
+from lumbung.market.model import CheckpointLink, Job, Node, Task
 from lumbung.wire.api import (
     CheckpointView,
     EscrowView,
@@ -34,7 +34,7 @@ def node_view(snapshot: NodeSnapshot) -> NodeView:
     )
 
 
-def _task_view(ctx: HubContext, task: Task) -> TaskView:
+def _task_view(task: Task, chain: list[CheckpointLink]) -> TaskView:
     return TaskView(
         id=task.id,
         index=task.index,
@@ -57,7 +57,7 @@ def _task_view(ctx: HubContext, task: Task) -> TaskView:
                 kept_s=c.kept_s,
                 created_at=c.created_at,
             )
-            for c in ctx.store.list_checkpoints(task.id)
+            for c in chain
         ],
         updated_at=task.updated_at,
     )
@@ -138,6 +138,10 @@ def _round_views(ctx: HubContext, job: Job) -> tuple[list[RoundView], str | None
 
 def job_view(ctx: HubContext, job: Job) -> JobView:
     rounds, model = _round_views(ctx, job)
+    # One read for every task's chain: a sweep's view is polled while it runs.
+    chains: dict[str, list[CheckpointLink]] = {}
+    for link in ctx.store.list_job_checkpoints(job.id):
+        chains.setdefault(link.task_id, []).append(link)
     return JobView(
         id=job.id,
         owner=job.owner,
@@ -146,7 +150,7 @@ def job_view(ctx: HubContext, job: Job) -> JobView:
         spec=job.spec,
         created_at=job.created_at,
         updated_at=job.updated_at,
-        tasks=[_task_view(ctx, t) for t in ctx.store.list_tasks(job.id)],
+        tasks=[_task_view(t, chains.get(t.id, [])) for t in ctx.store.list_tasks(job.id)],
         waiting_reason=job.waiting_reason,
         error=job.error,
         work=_work_views(ctx, job),

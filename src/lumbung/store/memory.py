@@ -308,6 +308,14 @@ class MemoryStore:
 
     # --- checkpoints, work, logs ----------------------------------------------------------------
 
+    def list_job_checkpoints(self, job_id: str) -> list[CheckpointLink]:
+        with self._lock:
+            tasks = {x.id for x in self._tasks.values() if x.job_id == job_id}
+            return sorted(
+                (c for c in self._checkpoints.values() if c.task_id in tasks),
+                key=lambda c: (c.task_id, c.seq),
+            )
+
     def list_checkpoints(self, task_id: str) -> list[CheckpointLink]:
         with self._lock:
             return sorted(

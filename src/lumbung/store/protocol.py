@@ -111,6 +111,9 @@ class Store(Protocol):
     def list_checkpoints(self, task_id: str) -> list[CheckpointLink]:
         """The task's chain, by seq."""
 
+    def list_job_checkpoints(self, job_id: str) -> list[CheckpointLink]:
+        """Every chain of the job's tasks in one read: by task id, then seq."""
+
     def list_work(self, job_id: str) -> list[Work]: ...
 
     def get_work(self, task_id: str, attempt: int) -> Work:

@@ -80,6 +80,12 @@ _QUEUED = (
 _RUNNING = select(_T).where(_T.c.state == TaskState.RUNNING.value).order_by(_T.c.id)
 _RUNNING_ON = _RUNNING.where(_T.c.node_id == bindparam("node_id"))
 _CHECKPOINTS = select(_CP).where(_CP.c.task_id == bindparam("task_id")).order_by(_CP.c.seq)
+_JOB_CHECKPOINTS = (
+    select(_CP)
+    .join(_T, _T.c.id == _CP.c.task_id)
+    .where(_T.c.job_id == bindparam("job_id"))
+    .order_by(_CP.c.task_id, _CP.c.seq)
+)
 _WORK_OF_JOB = (
     select(_W).where(_W.c.job_id == bindparam("job_id")).order_by(_W.c.task_id, _W.c.attempt)
 )
@@ -353,6 +359,10 @@ class SqlStore:
 
     def list_checkpoints(self, task_id: str) -> list[CheckpointLink]:
         rows = self._rows(_CHECKPOINTS, {"task_id": task_id})
+        return [t.checkpoint_from_row(r) for r in rows]
+
+    def list_job_checkpoints(self, job_id: str) -> list[CheckpointLink]:
+        rows = self._rows(_JOB_CHECKPOINTS, {"job_id": job_id})
         return [t.checkpoint_from_row(r) for r in rows]
 
     def list_work(self, job_id: str) -> list[Work]:
