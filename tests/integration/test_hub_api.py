@@ -349,6 +349,11 @@ def test_reliability_counts_are_reused_for_a_minute_and_minutes_past_a_day_are_s
     hub.clock.advance(2)  # past the snapshots' second, within the counts' minute
     assert hub.ctx.snapshots()[0].reliability == 0.5
     assert hub.ctx.snapshots(fresh=True)[0].reliability == 1.0
+    hub.clock.advance(30)
+    hub.node("newcomer")  # registered after that count, in the minute it was taken
+    hub.clock.advance(29)  # the next minute, the count still reused
+    by_name = {s.node.name: s.reliability for s in hub.ctx.snapshots()}
+    assert by_name == {"steady": 1.0, "newcomer": 1.0}  # as of the count: new, not unheard
     hub.clock.advance(DAY_S + 120)
-    assert hub.ctx.store.purge_heartbeat_minutes(hub.clock() - DAY_S - 60) == 2
+    assert hub.ctx.store.purge_heartbeat_minutes(hub.clock() - DAY_S - 60) == 3
     assert hub.ctx.store.heartbeat_minutes(since=0.0) == {}

@@ -77,22 +77,29 @@ class HubContext:
             if fresh or now - self._heard_at > _HEARD_TTL_S:
                 self._heard = self.store.heartbeat_minutes(now - DAY_S)
                 self._heard_at = now
-            heard = self._heard
+            heard, at = self._heard, self._heard_at
             self._snapshots = [
-                self.snapshot(node, heard.get(node.id, 0)) for node in self.store.list_nodes()
+                self.snapshot(node, heard.get(node.id, 0), counted_at=at)
+                for node in self.store.list_nodes()
             ]
             self._snapshots_at = now
         return self._snapshots
 
-    def snapshot(self, node: Node, heard_minutes: int) -> NodeSnapshot:
+    def snapshot(
+        self, node: Node, heard_minutes: int, counted_at: float | None = None
+    ) -> NodeSnapshot:
+        """``heard_minutes`` were counted at ``counted_at`` (now if None): reliability is taken
+        as of then, so the minutes it expects are those the count could have seen, and a node
+        registered since scores as a new one, not as one never heard."""
         now = self.clock()
         online = node.last_heartbeat_at is not None and (
             now - node.last_heartbeat_at <= self.config.node_online_s
         )
+        at = now if counted_at is None else counted_at
         return NodeSnapshot(
             node=node,
             online=online,
-            reliability=reliability(heard_minutes, node.registered_at, now),
+            reliability=reliability(heard_minutes, node.registered_at, at),
         )
 
     def node_snapshot(self, node_id: str) -> NodeSnapshot:
