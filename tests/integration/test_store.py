@@ -168,6 +168,17 @@ def test_list_jobs_returns_only_the_owners_newest_first(store: Store) -> None:
     assert [j.id for j in store.list_jobs(OWNER)] == [new.id, old.id]
 
 
+def test_an_owners_task_counts_are_per_job_and_state(store: Store) -> None:
+    job, tasks = stored_job_with_tasks(store, count=3)
+    empty = make_job()
+    store.create_job(empty, [])
+    other = make_job(owner="ak_" + "o" * 32)
+    store.create_job(other, [make_task(other)])
+    tasks[0].state = TaskState.RUNNING
+    store.apply(Changes(tasks=[tasks[0]]))
+    assert store.owner_task_counts(OWNER) == {job.id: {TaskState.QUEUED: 2, TaskState.RUNNING: 1}}
+
+
 def test_create_job_with_a_taken_id_conflicts(store: Store) -> None:
     job, _ = stored_job_with_tasks(store)
     with pytest.raises(Conflict):

@@ -106,8 +106,9 @@ def get(ctx: HubContext, owner: str, job_id: str) -> JobView:
 
 def list_jobs(ctx: HubContext, owner: str) -> list[JobSummary]:
     summaries = []
+    every_count = ctx.store.owner_task_counts(owner)  # one read, not one per job
     for job in ctx.store.list_jobs(owner):
-        counts = {state.value: n for state, n in ctx.store.task_state_counts(job.id).items()}
+        counts = {state.value: n for state, n in every_count.get(job.id, {}).items()}
         summaries.append(
             JobSummary(
                 id=job.id,

@@ -173,6 +173,16 @@ class MemoryStore:
             ]
         return {s: states.count(s) for s in set(states)}
 
+    def owner_task_counts(self, owner: str) -> dict[str, dict[TaskState, int]]:
+        counts: dict[str, dict[TaskState, int]] = {}
+        with self._lock:
+            owned = {j.id for j in self._jobs.values() if j.owner == owner}
+            for task in self._tasks.values():
+                if task.job_id in owned:
+                    per_state = counts.setdefault(task.job_id, {})
+                    per_state[task.state] = per_state.get(task.state, 0) + 1
+        return counts
+
     def queued_tasks(self, limit: int, offset: int = 0) -> list[Task]:
         queued = self._select_tasks(
             lambda x: x.state == TaskState.QUEUED, key=lambda x: (x.queued_at, x.job_id, x.index)

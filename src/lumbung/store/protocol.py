@@ -90,6 +90,9 @@ class Store(Protocol):
     def task_state_counts(self, job_id: str, excluding: Sequence[str] = ()) -> dict[TaskState, int]:
         """How many of the job's tasks are in each state, leaving out the task ids ``excluding``."""
 
+    def owner_task_counts(self, owner: str) -> dict[str, dict[TaskState, int]]:
+        """Per job of ``owner`` that has tasks, how many are in each state (one read)."""
+
     def queued_tasks(self, limit: int, offset: int = 0) -> list[Task]:
         """Queued tasks, oldest ``queued_at`` first, then by job and index."""
 

@@ -70,6 +70,12 @@ _TASK_BY_ID = select(_T).where(_T.c.id == bindparam("id"))
 _STATE_COUNTS = (
     select(_T.c.state, func.count()).where(_T.c.job_id == bindparam("job_id")).group_by(_T.c.state)
 )
+_OWNER_COUNTS = (
+    select(_T.c.job_id, _T.c.state, func.count())
+    .join(t.jobs, t.jobs.c.id == _T.c.job_id)
+    .where(t.jobs.c.owner == bindparam("owner"))
+    .group_by(_T.c.job_id, _T.c.state)
+)
 _QUEUED = (
     select(_T)
     .where(_T.c.state == TaskState.QUEUED.value)
@@ -268,6 +274,12 @@ class SqlStore:
         if excluding:
             stmt = stmt.where(_T.c.id.not_in(list(excluding)))
         return {TaskState(s): int(n) for s, n in self._tuples(stmt, {"job_id": job_id})}
+
+    def owner_task_counts(self, owner: str) -> dict[str, dict[TaskState, int]]:
+        counts: dict[str, dict[TaskState, int]] = {}
+        for job_id, state, n in self._tuples(_OWNER_COUNTS, {"owner": owner}):
+            counts.setdefault(job_id, {})[TaskState(state)] = int(n)
+        return counts
 
     def queued_tasks(self, limit: int, offset: int = 0) -> list[Task]:
         rows = self._rows(_QUEUED, {"limit": limit, "offset": offset})
