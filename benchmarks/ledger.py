@@ -152,8 +152,8 @@ def generate_log(n: int, pool: Any) -> tuple[list[bytes], float]:
 # --- Floors -------------------------------------------------------------------------------------
 
 
-def _rate(count: int, seconds: float) -> float:
-    return round(count / seconds, 1)
+def rate(count: int, seconds: float) -> float:
+    return round(count / seconds, 1) if seconds > 0 else 0.0
 
 
 def _timed(work: Callable[[], object]) -> float:
@@ -177,9 +177,9 @@ def floors(leaves: Sequence[bytes]) -> dict[str, float]:
     nodes = [os.urandom(32) for _ in range(len(leaves) + 1)]
     node_s = _timed(lambda: [merkle.node_hash(a, b) for a, b in itertools.pairwise(nodes)])
     return {
-        "ed25519_verifications_per_s": _rate(len(triples), verify_s),
-        "sha256_leaf_hashes_per_s": _rate(len(leaves), hash_s),
-        "sha256_node_hashes_per_s": _rate(len(leaves), node_s),
+        "ed25519_verifications_per_s": rate(len(triples), verify_s),
+        "sha256_leaf_hashes_per_s": rate(len(leaves), hash_s),
+        "sha256_node_hashes_per_s": rate(len(leaves), node_s),
         "mean_leaf_bytes": round(statistics.fmean(len(d) for d in leaves), 1),
     }
 
@@ -204,7 +204,7 @@ def appends(leaves: Sequence[bytes], economy: Economy, floor: dict[str, float]) 
         if tree.size != len(leaves):
             raise AssertionError(f"tree has {tree.size} leaves, not {len(leaves)}")
         results[mode] = {"entries": len(leaves), "seconds": round(elapsed, 3)}
-        results[mode]["per_s"] = _rate(len(leaves), elapsed)
+        results[mode]["per_s"] = rate(len(leaves), elapsed)
         log(f"appends {mode}: {results[mode]['per_s']:,.0f}/s")
     per_entry_floor_s = (
         1 / floor["ed25519_verifications_per_s"] + 1 / floor["sha256_leaf_hashes_per_s"]
@@ -245,7 +245,7 @@ def _inclusion(
     for i, proof in zip(indices, proofs, strict=True):
         merkle.verify_inclusion(hashes[i], i, size, proof, root)
     verify_s = time.perf_counter() - started
-    return _proof_result(proofs, generate_s, verify_s)
+    return proof_rates(proofs, generate_s, verify_s)
 
 
 def _consistency(tree: MerkleTree, n_proofs: int, rng: random.Random) -> dict[str, Any]:
@@ -260,16 +260,16 @@ def _consistency(tree: MerkleTree, n_proofs: int, rng: random.Random) -> dict[st
     for s, proof in zip(sizes, proofs, strict=True):
         merkle.verify_consistency(s, size2, roots[s], root2, proof)
     verify_s = time.perf_counter() - started
-    return _proof_result(proofs, generate_s, verify_s)
+    return proof_rates(proofs, generate_s, verify_s)
 
 
-def _proof_result(proofs: list[list[bytes]], generate_s: float, verify_s: float) -> dict[str, Any]:
+def proof_rates(proofs: list[list[bytes]], generate_s: float, verify_s: float) -> dict[str, Any]:
     return {
         "proofs": len(proofs),
         "verified": len(proofs),  # verify_* raises on the first failure, so all passed
         "mean_hashes_per_proof": round(statistics.fmean(len(p) for p in proofs), 2),
-        "generated_per_s": _rate(len(proofs), generate_s),
-        "verified_per_s": _rate(len(proofs), verify_s),
+        "generated_per_s": rate(len(proofs), generate_s),
+        "verified_per_s": rate(len(proofs), verify_s),
     }
 
 
@@ -280,7 +280,7 @@ def proofs(n_leaves: int, n_proofs: int, floor: dict[str, float]) -> dict[str, A
     results: dict[str, Any] = {
         "tree_leaves": n_leaves,
         "tree_build_s": round(build_s, 3),
-        "tree_appends_per_s": _rate(n_leaves, build_s),
+        "tree_appends_per_s": rate(n_leaves, build_s),
         "inclusion": _inclusion(tree, hashes, n_proofs, rng),
         "consistency": _consistency(tree, n_proofs, rng),
         "floor": "SHA-256s of 65-byte node inputs per second / mean hashes per proof: "
@@ -390,7 +390,7 @@ def main() -> None:
                 "entries": len(leaves),
                 "processes": processes,
                 "seconds": round(generate_s, 3),
-                "signed_per_s": _rate(len(leaves), generate_s),
+                "signed_per_s": rate(len(leaves), generate_s),
                 "note": "signing the synthetic log; not part of the audit",
             },
             "floors": floor,

@@ -50,7 +50,7 @@ from common import (
     postgres_schema,
     server_process,
 )
-from ledger import ENTRIES_PER_ROUND, Economy, floors
+from ledger import ENTRIES_PER_ROUND, Economy, floors, proof_rates, rate
 from lumbung.crypto.keys import KEY_FILE_NAME, Identity
 from lumbung.hub.ledger import LogService
 from lumbung.ledger import merkle
@@ -126,10 +126,6 @@ def sign_log(n: int, pool: Any) -> tuple[list[bytes], float]:
     return leaves, time.perf_counter() - started
 
 
-def _rate(count: int, seconds: float) -> float:
-    return round(count / seconds, 1) if seconds > 0 else 0.0
-
-
 def _append_all(
     service: LogService, leaves: Sequence[bytes], batch: int, report: Callable[[int], None]
 ) -> list[float]:
@@ -197,7 +193,7 @@ def appends(
                 ):
                     with _backend_url(backend, postgres_url, Path(tmp)) as url:
                         spent_s = _append_run(url, leaves[:n], batch, economy)
-                    per_s = _rate(n, spent_s)
+                    per_s = rate(n, spent_s)
                     part[mode] = {
                         "entries": n,
                         "batch_size": batch,
@@ -233,19 +229,9 @@ def build_big_log(service: LogService, leaves: Sequence[bytes]) -> dict[str, Any
         "entries": len(leaves),
         "batch_size": BUILD_BATCH_SIZE,
         "seconds": round(spent_s, 3),
-        "per_s": _rate(len(leaves), spent_s),
-        "first_batch_per_s": _rate(len(leaves[:BUILD_BATCH_SIZE]), batch_s[0]),
-        "last_batch_per_s": _rate(len(leaves) - BUILD_BATCH_SIZE * (len(batch_s) - 1), batch_s[-1]),
-    }
-
-
-def _proof_rates(proofs: list[list[bytes]], generate_s: float, verify_s: float) -> dict[str, Any]:
-    return {
-        "proofs": len(proofs),
-        "verified": len(proofs),  # verify_* raises on the first failure, so all passed
-        "mean_hashes_per_proof": round(statistics.fmean(len(p) for p in proofs), 2),
-        "generated_per_s": _rate(len(proofs), generate_s),
-        "verified_per_s": _rate(len(proofs), verify_s),
+        "per_s": rate(len(leaves), spent_s),
+        "first_batch_per_s": rate(len(leaves[:BUILD_BATCH_SIZE]), batch_s[0]),
+        "last_batch_per_s": rate(len(leaves) - BUILD_BATCH_SIZE * (len(batch_s) - 1), batch_s[-1]),
     }
 
 
@@ -263,7 +249,7 @@ def proofs(
         merkle.verify_inclusion(merkle.leaf_hash(leaves[i]), i, size, path, root)
     results: dict[str, Any] = {
         "tree_leaves": size,
-        "inclusion": _proof_rates(inclusion, generate_s, time.perf_counter() - started),
+        "inclusion": proof_rates(inclusion, generate_s, time.perf_counter() - started),
     }
     sizes = [rng.randrange(1, size) for _ in range(n_proofs)]
     roots = {s: tree.root(s) for s in sizes}  # the checkpoints an auditor already holds
@@ -273,7 +259,7 @@ def proofs(
     started = time.perf_counter()
     for s, path in zip(sizes, consistency, strict=True):
         merkle.verify_consistency(s, size, roots[s], root, path)
-    results["consistency"] = _proof_rates(consistency, generate_s, time.perf_counter() - started)
+    results["consistency"] = proof_rates(consistency, generate_s, time.perf_counter() - started)
     for kind in ("inclusion", "consistency"):
         part = results[kind]
         floor_per_s = node_hashes_per_s / max(part["mean_hashes_per_proof"], 1)
@@ -326,12 +312,12 @@ def appends_on_big(service: LogService, leaves: Sequence[bytes]) -> dict[str, An
     for signed in entries:
         service.append([signed])
     spent_s = time.perf_counter() - started
-    log(f"one-at-a-time appends on the big log: {_rate(len(entries), spent_s):,.1f}/s")
+    log(f"one-at-a-time appends on the big log: {rate(len(entries), spent_s):,.1f}/s")
     return {
         "entries": len(entries),
         "log_size_before": service.store.ledger_size() - len(entries),
         "seconds": round(spent_s, 3),
-        "per_s": _rate(len(entries), spent_s),
+        "per_s": rate(len(entries), spent_s),
     }
 
 
@@ -490,7 +476,7 @@ def main() -> None:
                 "entries": len(leaves),
                 "processes": processes,
                 "seconds": round(sign_s, 3),
-                "signed_per_s": _rate(len(leaves), sign_s),
+                "signed_per_s": rate(len(leaves), sign_s),
                 "note": "signing the synthetic log; not measured as appends",
             },
             "floors": floor,
