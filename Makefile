@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench clean sandbox
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,7 +17,18 @@ $(STAMP): $(BIN)/python pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
-demo: $(STAMP)
+# bubblewrap is the task sandbox: nodes refuse to start without it (unless --allow-unsandboxed).
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && apt-get install -y -qq bubblewrap; \
+	  elif command -v sudo >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then \
+	    sudo apt-get update -qq && sudo apt-get install -y -qq bubblewrap; \
+	  else \
+	    echo "NOTICE: install bubblewrap (the task sandbox); sandboxed tests will be skipped"; \
+	  fi; }
+
+demo: $(STAMP) sandbox
 	$(BIN)/lumbung demo
 
 lint: $(STAMP)
@@ -26,7 +37,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: lint
+test: lint sandbox
 	bash scripts/check-postgres
 	$(BIN)/pytest -q
 

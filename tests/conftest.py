@@ -78,3 +78,17 @@ def store(request: Any) -> Iterator[Store]:
         opened = SqlStore.open(request.getfixturevalue("postgres_url"))
     yield opened
     opened.close()
+
+
+@pytest.fixture(scope="session")
+def sandbox_runner(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """The bubblewrap runner nodes use; skips (or fails in CI) where bubblewrap cannot run."""
+    from lumbung.node.bwrap import SandboxPolicy, find_bwrap
+
+    runner, why_not = find_bwrap(SandboxPolicy(slots=4), tmp_path_factory.mktemp("probe-node"))
+    if runner is None:
+        reason = f"no bubblewrap sandbox on this machine ({why_not}); make test installs it"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return runner

@@ -33,6 +33,9 @@ class HubConfig:
     lease_timeout_s: float = 15.0
     # How often the hub looks for expired leases.
     reaper_interval_s: float = 1.0
+    # A lease held this long past its job's max_runtime_s is ended by the hub as a timed-out,
+    # failed attempt: the node enforces the limit itself, this covers its report on the way.
+    runtime_grace_s: float = 30.0
     # Signatures older than this are rejected as stale (RFC 9421 section 3.2.1).
     signature_max_age_s: int = 300
     # Longest a node's claim request is held open waiting for work.
@@ -53,12 +56,40 @@ class HubConfig:
     # The hub's fee on what providers earn, in basis points (100 = 1%), paid from the job's
     # escrow to the treasury; the provider receives the rest of its price for kept work.
     fee_bps: int = 0
+    # The witnesses whose cosignatures the hub adds to its checkpoints: their verifier keys (as
+    # ``lumbung witness --print-vkey`` prints them), separated by commas or whitespace. A
+    # cosignature by any other key is refused (403), so nobody can fill the checkpoint's limited
+    # signature lines with throwaway keys. Empty: the hub takes no cosignatures.
+    witnesses: str = ""
+    # Signed writes (job submits, artifact uploads, ledger appends, the faucet, cosignatures) each
+    # actor may make per second, sustained, in this hub process; 0 turns the limit off. Over it:
+    # 429 with Retry-After, which the client waits out and retries.
+    write_rate_per_s: float = 20.0
+    # Writes an actor may make at once before that rate applies (the size of its token bucket).
+    write_burst: int = 200
+    # Ledger entries each author may append per second through POST /v1/ledger/entries, sustained;
+    # 0 turns the limit off. Entries are permanent and every start and audit replays them.
+    entry_rate_per_s: float = 100.0
+    # Entries an author may append at once (a batch of up to 1,000 fits).
+    entry_burst: int = 2000
 
     def __post_init__(self) -> None:
         if not 0 <= self.fee_bps <= 10_000:
             raise ConfigError(f"fee_bps must be 0 to 10000, got {self.fee_bps}", field="fee_bps")
         if self.faucet_micro < 0:
             raise ConfigError("faucet_micro must not be negative", field="faucet_micro")
+        for rate in ("write_rate_per_s", "entry_rate_per_s"):
+            if getattr(self, rate) < 0:
+                raise ConfigError(f"{rate} must not be negative", field=rate)
+        for burst in ("write_burst", "entry_burst"):
+            if getattr(self, burst) < 1:
+                raise ConfigError(f"{burst} must be at least 1", field=burst)
+        if not 0 <= self.runtime_grace_s < float("inf"):
+            raise ConfigError(
+                f"runtime_grace_s must be a finite number of seconds, 0 or more, got "
+                f"{self.runtime_grace_s}",
+                field="runtime_grace_s",
+            )
 
 
 @dataclass(frozen=True)
@@ -87,6 +118,15 @@ class NodeConfig:
     runner: str = "process"
     # Bytes of task output streamed to the hub per attempt (the hub caps it too).
     max_log_bytes: int = 1024 * 1024
+    # Where bubblewrap cannot run, run tasks as plain processes (isolation level "process":
+    # they can read what the node's user can) instead of refusing to start.
+    allow_unsandboxed: bool = False
+    # Processes and threads one task may run at once.
+    task_max_processes: int = 512
+    # A root node runs task slot i as uid and gid task_uid_base + i, never as root.
+    task_uid_base: int = 200_000
+    # How long finished outputs and reports are kept and retried while the hub is unreachable.
+    hub_patience_s: float = 900.0
 
 
 @dataclass(frozen=True)

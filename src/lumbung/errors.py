@@ -67,5 +67,20 @@ class Unavailable(LumbungError):
     """A dependency is down or busy; retrying later may work."""
 
 
+class RateLimited(Unavailable):
+    """Too many requests from this actor: retrying after ``retry_after_s`` seconds will work."""
+
+    def __init__(
+        self, message: str, *, retry_after_s: float = 1.0, field: str | None = None
+    ) -> None:
+        super().__init__(message, field=field)
+        self.retry_after_s = retry_after_s
+
+
+class Corrupted(LumbungError):
+    """Stored data fails its own integrity check (a database edited or damaged behind the
+    process's back): restore it from a backup; retrying will not help."""
+
+
 class ConfigError(LumbungError):
     """A configuration value is missing or malformed; ``field`` names the key."""

@@ -80,7 +80,8 @@ class Cluster:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start_hub(self) -> None:
+    def start_hub(self, witnesses: tuple[str, ...] = ()) -> None:
+        """Start the hub, taking cosignatures from the ``witnesses`` (verifier keys) named."""
         data = self.root / "hub"
         port_file = data / "port"
         port_file.unlink(missing_ok=True)
@@ -103,6 +104,8 @@ class Cluster:
         ]
         if self.db_url:
             argv += ["--db", self.db_url]
+        for vkey in witnesses:
+            argv += ["--witness", vkey]
         self.hub = Proc(argv, self.root / "hub.log")
         self.hub.start()
         self.procs.append(self.hub)
@@ -130,6 +133,9 @@ class Cluster:
             str(slots),
             "--grace-s",
             "5",
+            # Sandboxed wherever bubblewrap runs (CI requires it: see the sandbox_runner
+            # fixture); elsewhere the suite still runs, on plain processes.
+            "--allow-unsandboxed",
         ]
         node = Proc(argv, self.root / f"{name}.log")
         node.start()

@@ -77,7 +77,7 @@ def _get(port: int, path: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("block", ["by-hand", "train"])
+@pytest.mark.parametrize("block", ["by-hand", "train", "witness"])
 def test_readme_shell_blocks_run_as_written(
     workdir: tuple[Path, dict[str, str], int], block: str
 ) -> None:

@@ -7,7 +7,10 @@ their escrow from the treasury (the hub's key) directly, as a real hub's operato
 from __future__ import annotations
 
 import base64
+import gzip
 import hashlib
+import io
+import tarfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -152,3 +155,25 @@ def claim(node: Actor) -> dict[str, Any] | None:
         "assignment"
     ]
     return result
+
+
+def archive(content: bytes = b"state", name: str = "state.bin") -> bytes:
+    """A checkpoint as a node packs one: a tar.gz of its checkpoint directory (here one file),
+    the same bytes for the same content."""
+    buffer = io.BytesIO()
+    with (
+        gzip.GzipFile(fileobj=buffer, mode="wb", mtime=0) as packed,
+        tarfile.open(fileobj=packed, mode="w") as tar,
+    ):
+        info = tarfile.TarInfo(name)
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def run_for(node: Actor, task_id: str, runtime_s: float) -> None:
+    """The node has held the task's lease for ``runtime_s``: the hub's clock moves on to then
+    (never back), so an honest report of that runtime is kept whole."""
+    started = node.ctx.store.get_task(task_id).started_at
+    assert started is not None
+    node.clock.now = max(node.clock.now, started + runtime_s)

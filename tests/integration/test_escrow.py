@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hubkit import LEASE_S, Actor, Hub, claim, make_hub, spec
+from hubkit import LEASE_S, Actor, Hub, archive, claim, make_hub, run_for, spec
 
 from lumbung.errors import Conflict, Rejected
 from lumbung.hub import escrow
@@ -55,14 +55,16 @@ def balance(hub: Hub, actor: Actor | str) -> int:
 
 
 def checkpoint(node: Actor, task: dict[str, Any], runtime_s: float, prev: str | None) -> str:
-    sha = node.upload(f"{task['task_id']}-{runtime_s}".encode())
+    state = archive(f"{task['task_id']}-{runtime_s}".encode())
+    sha = node.upload(state)
+    run_for(node, task["task_id"], runtime_s)  # an honest node: it held the lease that long
     node.call(
         "POST",
         f"/v1/tasks/{task['task_id']}/checkpoints",
         {
             "attempt": task["attempt"],
             "sha256": sha,
-            "size_bytes": 1,
+            "size_bytes": len(state),
             "prev_sha256": prev,
             "progress": 0.5,
             "runtime_s": runtime_s,
@@ -73,6 +75,7 @@ def checkpoint(node: Actor, task: dict[str, Any], runtime_s: float, prev: str | 
 
 
 def complete(node: Actor, task: dict[str, Any], runtime_s: float, exit_code: int = 0) -> None:
+    run_for(node, task["task_id"], runtime_s)
     node.call(
         "POST",
         f"/v1/tasks/{task['task_id']}/complete",

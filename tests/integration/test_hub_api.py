@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from hubkit import LEASE_S, Hub, claim, spec
+from hubkit import LEASE_S, Hub, archive, claim, run_for, spec
 
 from lumbung.client.auth import SignedAuth
 from lumbung.config import HubConfig
@@ -28,14 +28,16 @@ def test_job_runs_from_submit_to_results(hub: Hub) -> None:
     task = claim(node)
     assert task is not None and task["inputs"] == {"main.py": code}
     assert task["command"] == ["python", "-c", "print(1)"]
-    ckpt = node.upload(b"state-1")
+    state = archive(b"state-1")
+    ckpt = node.upload(state)
+    run_for(node, task["task_id"], 3.0)
     node.call(
         "POST",
         f"/v1/tasks/{task['task_id']}/checkpoints",
         {
             "attempt": 1,
             "sha256": ckpt,
-            "size_bytes": 7,
+            "size_bytes": len(state),
             "prev_sha256": None,
             "progress": 0.5,
             "runtime_s": 3.0,
@@ -49,6 +51,7 @@ def test_job_runs_from_submit_to_results(hub: Hub) -> None:
         expect=204,
     )
     out = node.upload(b"result")
+    run_for(node, task["task_id"], 5.0)
     node.call(
         "POST",
         f"/v1/tasks/{task['task_id']}/complete",
@@ -72,7 +75,8 @@ def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> No
     job_id = consumer.submit(spec(), expect=201)["job"]["id"]
     task = claim(first)
     assert task is not None
-    ckpt = first.upload(b"epoch-3")
+    state = archive(b"epoch-3")
+    ckpt = first.upload(state)
     hub.clock.advance(4.0)
     first.call(
         "POST",
@@ -80,7 +84,7 @@ def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> No
         {
             "attempt": 1,
             "sha256": ckpt,
-            "size_bytes": 7,
+            "size_bytes": len(state),
             "prev_sha256": None,
             "progress": 0.3,
             "runtime_s": 4.0,
@@ -246,18 +250,19 @@ def test_checkpoint_must_extend_the_chain(hub: Hub) -> None:
     consumer.submit(spec(), expect=201)
     task = claim(node)
     assert task is not None
-    a, b = node.upload(b"a"), node.upload(b"b")
+    a, b = node.upload(archive(b"a")), node.upload(archive(b"b"))
+    sizes = {a: len(archive(b"a")), b: len(archive(b"b"))}
     url = f"/v1/tasks/{task['task_id']}/checkpoints"
     node.call(
         "POST",
         url,
-        {"attempt": 1, "sha256": a, "size_bytes": 1, "prev_sha256": None, "runtime_s": 1.0},
+        {"attempt": 1, "sha256": a, "size_bytes": sizes[a], "prev_sha256": None, "runtime_s": 1.0},
         expect=204,
     )
     node.call(
         "POST",
         url,
-        {"attempt": 1, "sha256": b, "size_bytes": 1, "prev_sha256": None, "runtime_s": 2.0},
+        {"attempt": 1, "sha256": b, "size_bytes": sizes[b], "prev_sha256": None, "runtime_s": 2.0},
         expect=409,
     )
     missing = hashlib.sha256(b"never uploaded").hexdigest()
@@ -270,7 +275,7 @@ def test_checkpoint_must_extend_the_chain(hub: Hub) -> None:
     node.call(
         "POST",
         url,
-        {"attempt": 1, "sha256": b, "size_bytes": 1, "prev_sha256": a, "runtime_s": 2.0},
+        {"attempt": 1, "sha256": b, "size_bytes": sizes[b], "prev_sha256": a, "runtime_s": 2.0},
         expect=204,
     )
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hubkit import LEASE_S, Actor, Hub, claim
+from hubkit import LEASE_S, Actor, Hub, claim, run_for
 
 from lumbung.errors import StaleWrite, Unavailable
 from lumbung.hub.leases import expire_leases
@@ -87,6 +87,7 @@ def send(
         **extra,
     }
     path = f"/v1/tasks/{task['task_id']}/rounds/{round_index}/update"
+    run_for(node, task["task_id"], body["runtime_s"])  # an honest worker: it trained that long
     return node.call("POST", path, body, expect=expect)
 
 

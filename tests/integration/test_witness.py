@@ -7,6 +7,7 @@ hub's ASGI app by a ``TestClient``: signing, routing and error mapping are all t
 from __future__ import annotations
 
 import base64
+import dataclasses
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,11 @@ class Hub:
         assert response.status_code == 200, response.text
         return response.text
 
+    def accept(self, *witnesses: Witness) -> None:
+        """Take cosignatures from these witnesses (HubConfig.witnesses, as hub serve --witness)."""
+        vkeys = ",".join(w.vkey for w in witnesses)
+        self.ctx.config = dataclasses.replace(self.ctx.config, witnesses=vkeys)
+
 
 def _make_hub(store: Store, identity: Identity, tmp_path: Path) -> Hub:
     # The real clock: the client transport signs requests with it.
@@ -79,14 +85,16 @@ def hub_key() -> Identity:
 
 
 @pytest.fixture
-def hub(store: Store, hub_key: Identity, tmp_path: Path) -> Hub:
-    return _make_hub(store, hub_key, tmp_path / "hub")
-
-
-@pytest.fixture
 def witness(tmp_path: Path) -> Witness:
     identity = Identity.generate()
     return Witness(identity=identity, data_dir=tmp_path / "witness", name=default_name(identity))
+
+
+@pytest.fixture
+def hub(store: Store, hub_key: Identity, witness: Witness, tmp_path: Path) -> Hub:
+    made = _make_hub(store, hub_key, tmp_path / "hub")
+    made.accept(witness)
+    return made
 
 
 def _keys(*witnesses: Witness) -> dict[str, bytes]:
@@ -115,6 +123,7 @@ def test_the_hub_keeps_its_signature_first_and_one_line_per_witness(
 ) -> None:
     other_key = Identity.generate()
     other = Witness(other_key, tmp_path / "other", "second.witness")
+    hub.accept(witness, other)
     hub.mint(2)
     for who in (witness, other, witness):  # the same witness twice: its newer line replaces it
         who.round(hub.transport(who.identity))
@@ -145,6 +154,8 @@ def test_the_witness_command_prints_a_fork_on_stderr_and_exits_non_zero(
     hub: Hub, hub_key: Identity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     fork = _make_hub(MemoryStore(), hub_key, tmp_path / "fork")
+    key = Identity.load_or_create(tmp_path / "w")  # the key the command below will use
+    hub.accept(Witness(key, tmp_path / "w", default_name(key)))
     target = {"hub": hub}
 
     def transport(url: str, identity: Identity, timeout_s: float) -> HubTransport:

@@ -12,6 +12,8 @@ import pytest
 from lumbung.errors import Rejected
 from lumbung.node.checkpoints import pack_dir, unpack
 
+MIB = 1024 * 1024
+
 
 def _fill(root: Path) -> None:
     (root / "sub").mkdir(parents=True)
@@ -51,7 +53,7 @@ def test_round_trip_restores_the_files(tmp_path: Path) -> None:
     sha = pack_dir(src, tmp_path / "c.tgz")
     assert sha is not None and len(sha) == 64
 
-    unpack(tmp_path / "c.tgz", dest)
+    unpack(tmp_path / "c.tgz", dest, max_bytes=MIB)
 
     assert (dest / "model.bin").read_bytes() == (src / "model.bin").read_bytes()
     assert (dest / "sub" / "state.json").read_text() == '{"step": 7}'
@@ -68,7 +70,7 @@ def _archive(path: Path, member: tarfile.TarInfo, data: bytes = b"") -> None:
 def test_path_traversal_is_rejected(tmp_path: Path, name: str) -> None:
     _archive(tmp_path / "bad.tgz", tarfile.TarInfo(name), b"pwned")
     with pytest.raises(Rejected):
-        unpack(tmp_path / "bad.tgz", tmp_path / "dest")
+        unpack(tmp_path / "bad.tgz", tmp_path / "dest", max_bytes=MIB)
     assert not (tmp_path / "escape.txt").exists()
 
 
@@ -79,11 +81,51 @@ def test_links_are_rejected(tmp_path: Path, kind: bytes) -> None:
     link.linkname = "/etc/passwd"
     _archive(tmp_path / "bad.tgz", link)
     with pytest.raises(Rejected):
-        unpack(tmp_path / "bad.tgz", tmp_path / "dest")
+        unpack(tmp_path / "bad.tgz", tmp_path / "dest", max_bytes=MIB)
     assert not (tmp_path / "dest" / "innocent").exists()
 
 
 def test_garbage_is_rejected(tmp_path: Path) -> None:
     (tmp_path / "junk.tgz").write_bytes(b"not a tarball")
     with pytest.raises(Rejected):
-        unpack(tmp_path / "junk.tgz", tmp_path / "dest")
+        unpack(tmp_path / "junk.tgz", tmp_path / "dest", max_bytes=MIB)
+
+
+def test_a_gzip_bomb_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    # 64 MiB of zeros compress to about 64 KiB: far over a 1 MiB budget.
+    member = tarfile.TarInfo("zeros.bin")
+    _archive(tmp_path / "bomb.tgz", member, bytes(64 * MIB))
+    assert (tmp_path / "bomb.tgz").stat().st_size < MIB
+    with pytest.raises(Rejected, match="disk budget"):
+        unpack(tmp_path / "bomb.tgz", tmp_path / "dest", max_bytes=MIB)
+    assert not (tmp_path / "dest").exists()
+
+
+def test_an_archive_of_too_many_entries_is_refused(tmp_path: Path) -> None:
+    with tarfile.open(tmp_path / "many.tgz", "w:gz") as tar:
+        for i in range(10_001):
+            tar.addfile(tarfile.TarInfo(f"f{i}"), io.BytesIO(b""))
+    with pytest.raises(Rejected, match="entries"):
+        unpack(tmp_path / "many.tgz", tmp_path / "dest", max_bytes=MIB)
+
+
+def test_a_directory_link_is_not_followed_when_packing(tmp_path: Path) -> None:
+    secret = tmp_path / "node"
+    secret.mkdir()
+    (secret / "key.pem").write_text("PRIVATE")
+    src = tmp_path / "src"
+    _fill(src)
+    os.symlink(secret, src / "sub2")
+    assert pack_dir(src, tmp_path / "c.tgz") is not None
+    with tarfile.open(tmp_path / "c.tgz") as tar:
+        names = tar.getnames()
+    assert "sub2" not in names and not any("key.pem" in n for n in names)
+
+
+def test_a_fifo_in_the_checkpoint_does_not_hang_packing(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _fill(src)
+    os.mkfifo(src / "pipe")
+    assert pack_dir(src, tmp_path / "c.tgz") is not None
+    with tarfile.open(tmp_path / "c.tgz") as tar:
+        assert "pipe" not in tar.getnames()

@@ -240,6 +240,7 @@ def test_nodes_table_shows_prices_and_heartbeat_age() -> None:
     assert "0.02 cr" in text
     assert "1 cr" in text
     assert "3s ago" in text
+    assert "process" in text  # the isolation level its inventory reports
 
 
 def test_rounds_table_shows_losses_bytes_and_the_open_round() -> None:

@@ -10,6 +10,7 @@ from lumbung.market.matching import (
     CONSTRAINTS,
     DRAINING,
     GPU_MODEL_NOT_ALLOWED,
+    ISOLATION_TOO_WEAK,
     KIND_NOT_RUN,
     OFFLINE,
     PRICE_ABOVE_LIMIT,
@@ -212,8 +213,9 @@ def test_disk_exactly_equal_fits_and_one_mib_less_does_not() -> None:
     ]
 
 
-def test_zero_disk_wanted_fits_a_full_disk() -> None:
-    assert exclusions(snap(node(disk_free_mib=0)), spec(disk_gb=0)) == []
+def test_free_disk_exactly_the_budget_fits_and_one_mib_less_does_not() -> None:
+    assert exclusions(snap(node(disk_free_mib=1024)), spec(disk_gb=1)) == []
+    assert exclusions(snap(node(disk_free_mib=1023)), spec(disk_gb=1)) == [TOO_LITTLE_DISK]
 
 
 def test_price_exactly_at_the_limit_fits_and_one_micro_above_does_not() -> None:
@@ -228,6 +230,7 @@ def test_constraint_names_are_the_declared_words() -> None:
         "offline",
         "draining",
         "kind_not_run",
+        "isolation_too_weak",
         "too_few_gpus",
         "gpu_model_not_allowed",
         "too_little_gpu_memory",
@@ -384,3 +387,21 @@ def test_a_train_job_fits_only_nodes_that_run_train_jobs() -> None:
     trainer = node()
     trainer.inventory = trainer.inventory.model_copy(update={"kinds": ["run", "train"]})
     assert exclusions(snap(trainer), spec) == []
+
+
+def test_a_job_that_requires_a_sandbox_fits_only_sandboxed_nodes() -> None:
+    wanted = validate_spec(
+        {
+            "name": "private",
+            "command": ["true"],
+            "resources": {"isolation": "sandbox"},
+            "max_price_micro_per_hour": 10**9,
+        }
+    )
+    plain = node()  # an inventory says "process" unless its node runs a sandbox
+    assert exclusions(snap(plain), wanted) == [ISOLATION_TOO_WEAK]
+    sandboxed = node()
+    isolation = sandboxed.inventory.isolation.model_copy(update={"level": "sandbox"})
+    sandboxed.inventory = sandboxed.inventory.model_copy(update={"isolation": isolation})
+    assert exclusions(snap(sandboxed), wanted) == []
+    assert exclusions(snap(plain), spec()) == []  # the default accepts any node

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, cast
 
+import pytest
+
 from lumbung.client import NodeSession
 from lumbung.config import NodeConfig
-from lumbung.errors import Conflict, NotFound
+from lumbung.errors import Conflict, NotFound, Unavailable
 from lumbung.node.checkpoints import pack_dir
 from lumbung.node.logs import TRUNCATION_LINE
 from lumbung.node.sandbox import ProcessRunner, probe_isolation
@@ -18,11 +22,21 @@ from lumbung.wire.api import (
     Assignment,
     CheckpointReport,
     LogChunk,
+    ResumeFailed,
     TaskComplete,
     TaskRelease,
 )
 
-RUNNER = ProcessRunner(probe_isolation())
+RUNNER: Any = ProcessRunner(probe_isolation())
+MIB = 1024 * 1024
+
+
+@pytest.fixture(autouse=True, params=["process", "sandbox"])
+def runner(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Every test runs under both runners: the plain process group and the bubblewrap sandbox."""
+    chosen = RUNNER if request.param == "process" else request.getfixturevalue("sandbox_runner")
+    monkeypatch.setattr(sys.modules[__name__], "RUNNER", chosen)
+    return chosen
 
 
 class FakeSession:
@@ -34,6 +48,9 @@ class FakeSession:
         self.checkpoints: list[CheckpointReport] = []
         self.completed: list[TaskComplete] = []
         self.released: list[TaskRelease] = []
+        self.resume_failures: list[ResumeFailed] = []
+        # Calls of these names answer Unavailable this many more times (a hub outage).
+        self.outage: dict[str, int] = {}
         self.refuse_checkpoints = False
         self.checkpoint_seen = threading.Event()
 
@@ -42,7 +59,13 @@ class FakeSession:
         self.blobs[sha] = data
         return sha
 
+    def _maybe_down(self, call: str) -> None:
+        if self.outage.get(call, 0) > 0:
+            self.outage[call] -= 1
+            raise Unavailable(f"hub down ({call})")
+
     def upload_file(self, path: Path) -> str:
+        self._maybe_down("upload_file")
         return self.put(path.read_bytes())
 
     def download(self, sha256: str, dest: Path) -> None:
@@ -60,7 +83,11 @@ class FakeSession:
         self.checkpoint_seen.set()
 
     def complete(self, task_id: str, result: TaskComplete) -> None:
+        self._maybe_down("complete")
         self.completed.append(result)
+
+    def resume_failed(self, task_id: str, report: ResumeFailed) -> None:
+        self.resume_failures.append(report)
 
     def release(self, task_id: str, release: TaskRelease) -> None:
         self.released.append(release)
@@ -260,3 +287,119 @@ def test_missing_input_fails_before_the_task_starts(tmp_path: Path) -> None:
     _run(tmp_path, session, _assignment(command=["true"], inputs={"x": "0" * 64}))
     [done] = session.completed
     assert done.error is not None and "could not prepare" in done.error
+
+
+def test_writing_past_the_disk_budget_fails_the_task(tmp_path: Path) -> None:
+    session = FakeSession()
+    # Six files of 9 MB, each under the 10 MiB budget, 54 MB in all.
+    script = "for i in 1 2 3 4 5 6; do head -c 9000000 /dev/zero > f$i; done; sleep 30"
+    a = _assignment(
+        command=["sh", "-c", script], resources={"cpus": 1, "memory_gb": 1.0, "disk_gb": 0.01}
+    )
+    run = _run(tmp_path, session, a)
+    [done] = session.completed
+    assert done.error is not None and done.error.startswith("disk budget exceeded")
+    assert done.runtime_s < 20
+    assert not run.workdir.exists()
+
+
+def test_a_task_that_cannot_start_is_reported_failed(tmp_path: Path) -> None:
+    session = FakeSession()
+    # The wire refuses NUL bytes; a node must still report, not hang, if one gets through.
+    a = _assignment(command=["true"]).model_copy(update={"command": ["echo", "a\x00b"]})
+    _run(tmp_path, session, a)
+    [done] = session.completed
+    assert done.exit_code == 127
+    assert done.error is not None and "cannot start the task" in done.error
+
+
+def test_a_missing_program_is_reported_with_its_name(tmp_path: Path) -> None:
+    session = FakeSession()
+    _run(tmp_path, session, _assignment(command=["no-such-program-here"]))
+    [done] = session.completed
+    assert done.exit_code == 127
+    assert "no-such-program-here" in session.text("stderr")
+
+
+def _checkpoint(tmp_path: Path, session: FakeSession, step: str) -> str:
+    src = tmp_path / f"ckpt-{step}"
+    src.mkdir()
+    (src / "step").write_text(step)
+    sha = pack_dir(src, tmp_path / f"{step}.tgz")
+    assert sha is not None
+    return session.put((tmp_path / f"{step}.tgz").read_bytes())
+
+
+def test_a_checkpoint_that_does_not_unpack_falls_back_to_the_one_before(tmp_path: Path) -> None:
+    session = FakeSession()
+    good = _checkpoint(tmp_path, session, "7")
+    garbage = session.put(b"not a checkpoint at all")
+    script = (
+        'cat "$LUMBUNG_CHECKPOINT_DIR/step"; echo 8 > "$LUMBUNG_CHECKPOINT_DIR/step"; sleep 100'
+    )
+    a = _assignment(
+        command=["sh", "-c", script],
+        resume_from=garbage,
+        resume_chain=[good],
+        checkpoint_interval_s=1,
+    )
+    run = _start(tmp_path / "node", session, a)
+    assert session.checkpoint_seen.wait(15)
+    run.cancel()
+    assert run.join(30)
+    assert session.text("stdout") == "7"
+    [failure] = session.resume_failures
+    assert (failure.failed, failure.resumed_from) == ([garbage], good)
+    assert session.checkpoints[0].prev_sha256 == good
+
+
+def test_a_gzip_bomb_checkpoint_is_never_unpacked(tmp_path: Path) -> None:
+    session = FakeSession()
+    bomb_dir = tmp_path / "bomb"
+    bomb_dir.mkdir()
+    (bomb_dir / "zeros").write_bytes(bytes(40 * MIB))
+    assert pack_dir(bomb_dir, tmp_path / "bomb.tgz") is not None
+    bomb = session.put((tmp_path / "bomb.tgz").read_bytes())
+    a = _assignment(
+        command=["sh", "-c", 'ls "$LUMBUNG_CHECKPOINT_DIR" | wc -l'],
+        resume_from=bomb,
+        resources={"cpus": 1, "memory_gb": 1.0, "disk_gb": 0.01},
+    )
+    _run(tmp_path / "node", session, a)
+    assert session.text("stdout").strip() == "0"
+    [failure] = session.resume_failures
+    assert (failure.failed, failure.resumed_from) == ([bomb], None)
+    assert "disk budget" in failure.reason
+    assert session.completed[0].error is None
+
+
+def test_finished_outputs_survive_a_hub_outage(tmp_path: Path) -> None:
+    session = FakeSession()
+    session.outage = {"upload_file": 2, "complete": 2}
+    a = _assignment(command=["sh", "-c", "echo done > out.txt"], outputs=["out.txt"])
+    _run(tmp_path, session, a)
+    [done] = session.completed
+    assert done.error is None
+    assert session.blobs[done.outputs["out.txt"]] == b"done\n"
+
+
+def test_a_hub_gone_past_the_nodes_patience_is_not_reported_as_a_failure(tmp_path: Path) -> None:
+    session = FakeSession()
+    session.outage = {"upload_file": 1000}
+    a = _assignment(command=["sh", "-c", "echo done > out.txt"], outputs=["out.txt"])
+    _run(tmp_path, session, a, hub_patience_s=1.0)
+    assert session.completed == []  # the lease runs out at the hub instead: no blame
+
+
+def test_a_progress_file_that_is_a_fifo_does_not_block_the_node(tmp_path: Path) -> None:
+    session = FakeSession()
+    script = 'mkfifo "$LUMBUNG_PROGRESS_FILE"; sleep 100'
+    run = _start(tmp_path, session, _assignment(command=["sh", "-c", script]))
+    deadline = time.monotonic() + 10
+    while not (run.workdir / "progress").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    assert run.progress() == 0.0
+    assert time.monotonic() - started < 1.0
+    run.cancel()
+    assert run.join(30)

@@ -10,7 +10,14 @@ from hypothesis import strategies as st
 
 from lumbung.errors import Rejected
 from lumbung.ledger import merkle
-from lumbung.ledger.tree import MemoryNodeStore, MerkleTree, NodeKey, range_keys
+from lumbung.ledger.tree import (
+    Frontier,
+    MemoryNodeStore,
+    MerkleTree,
+    NodeKey,
+    completed_ranges,
+    range_keys,
+)
 
 
 class CountingStore(MemoryNodeStore):
@@ -258,3 +265,37 @@ def test_range_keys_split_a_range_by_the_bits_of_its_length() -> None:
     assert range_keys(0, 7) == [(2, 0), (1, 2), (0, 6)]
     assert range_keys(8, 13) == [(2, 2), (0, 12)]
     assert range_keys(0, 1 << 20) == [(20, 0)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=9), min_size=1, max_size=6))
+def test_a_frontier_rebuilt_from_leaves_gives_the_reference_root_and_the_stored_nodes(
+    batches: list[int],
+) -> None:
+    leaves = leaves_of(sum(batches))
+    store = MemoryNodeStore()
+    tree = MerkleTree(store)
+    frontier, position = Frontier(), 0
+    for batch in batches:
+        lo, hi = position, position + batch
+        tree.append_many(leaves[lo:hi])
+        nodes = frontier.extend(leaves[lo:hi])
+        # Exactly the nodes those leaves complete, as the planning function says, as stored.
+        expected = {
+            (lv, ix) for lv, first, end in completed_ranges(lo, hi) for ix in range(first, end)
+        }
+        assert set(nodes) == expected
+        assert nodes == store.get_many(list(nodes))
+        assert frontier.size == hi
+        assert frontier.root() == merkle.root(leaves[:hi]) == tree.root()
+        position = hi
+
+
+def test_a_frontier_read_from_stored_nodes_continues_where_the_tree_stopped() -> None:
+    leaves = leaves_of(13)
+    store = MemoryNodeStore()
+    MerkleTree(store).append_many(leaves[:11])
+    frontier = Frontier.from_nodes(11, store.get_many(range_keys(0, 11)))
+    frontier.extend(leaves[11:])
+    assert frontier.root() == merkle.root(leaves)
+    assert Frontier().root() == merkle.EMPTY_ROOT

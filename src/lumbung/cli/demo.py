@@ -214,6 +214,9 @@ def start_cluster(cluster: Cluster, console: Console) -> str:
             "node", "start", "--hub", url, "--data-dir", str(cluster.root / name),
             "--name", name, "--price-cpu-hour", str(price), "--heartbeat-s", "1", "--slots", "1",
             "--grace-s", "2",
+            # The demo's own workloads: sandboxed where bubblewrap runs, plain processes (and a
+            # warning below) where it cannot.
+            "--allow-unsandboxed",
         ])  # fmt: skip
         console.print(f"started {name} asking {render.per_hour(price)} per CPU core")
     return url
@@ -231,15 +234,22 @@ def _wait_for_port(cluster: Cluster, port_file: Path) -> int:
     raise Unavailable(f"the hub did not start within {STARTUP_TIMEOUT_S:.0f} s")
 
 
-def wait_for_nodes(client: Client, cluster: Cluster) -> dict[str, str]:
+def wait_for_nodes(client: Client, cluster: Cluster, console: Console) -> dict[str, str]:
     """Node id -> name once every node is online."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         for name in NODE_PRICES:
             if cluster.procs[name].poll() is not None:
                 raise Unavailable(f"{name} exited at start-up:\n{cluster.log_tail(name)}")
-        online = {n.id: n.name for n in client.nodes() if n.online}
+        nodes = [n for n in client.nodes() if n.online]
+        online = {n.id: n.name for n in nodes}
         if set(online.values()) >= set(NODE_PRICES):
+            weak = [n.name for n in nodes if n.inventory.isolation.level != "sandbox"]
+            if weak:
+                console.print(
+                    f"[yellow]WARNING: no bubblewrap sandbox here; {', '.join(weak)} run "
+                    "tasks as plain processes[/] (install bubblewrap)"
+                )
             return online
         time.sleep(0.2)
     raise Unavailable(f"the nodes did not come online within {STARTUP_TIMEOUT_S:.0f} s")
@@ -301,7 +311,7 @@ def failure_report(client: Client, job: JobView, killed: Killed | None, console:
 
 
 def run_sweep(cluster: Cluster, client: Client, console: Console, max_tasks: int) -> int:
-    names = wait_for_nodes(client, cluster)
+    names = wait_for_nodes(client, cluster, console)
     spec_path = cluster.root / "sweep.yaml"
     spec_path.write_text(sweep_spec_text(max_tasks))
     spec: JobSpec = parse_spec(spec_path.read_text())

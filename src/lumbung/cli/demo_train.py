@@ -118,7 +118,7 @@ def bytes_report(job: JobView, numel: int) -> tuple[int, int]:
 
 
 def run_training(cluster: Cluster, client: Client, console: Console, size: Size) -> int:
-    names = wait_for_nodes(client, cluster)
+    names = wait_for_nodes(client, cluster, console)
     spec = validate_spec(train_spec(size))
     console.print(render.plan_view(client.plan(spec)))
     client.ledger.faucet()

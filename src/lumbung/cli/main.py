@@ -95,8 +95,31 @@ def hub_serve(
     fee_bps: Annotated[
         int | None, typer.Option(help="Hub fee on providers' earnings, basis points.")
     ] = None,
+    runtime_grace_s: Annotated[
+        float | None, typer.Option(help="Seconds past max_runtime_s before a lease times out.")
+    ] = None,
     faucet_micro: Annotated[
         int | None, typer.Option(help="Faucet mint per request (demos only); 0 = off.")
+    ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness",
+            metavar="VKEY",
+            help="A witness verifier key to take cosignatures from (repeatable).",
+        ),
+    ] = None,
+    write_rate_per_s: Annotated[
+        float | None, typer.Option(help="Signed writes per actor per second; 0 = no limit.")
+    ] = None,
+    write_burst: Annotated[
+        int | None, typer.Option(help="Writes an actor may make at once above that rate.")
+    ] = None,
+    entry_rate_per_s: Annotated[
+        float | None, typer.Option(help="Ledger entries per author per second; 0 = no limit.")
+    ] = None,
+    entry_burst: Annotated[
+        int | None, typer.Option(help="Ledger entries an author may append at once.")
     ] = None,
     config: ConfigOption = None,
 ) -> None:
@@ -108,7 +131,13 @@ def hub_serve(
         "db_url": db,
         "lease_timeout_s": lease_timeout_s,
         "fee_bps": fee_bps,
+        "runtime_grace_s": runtime_grace_s,
         "faucet_micro": faucet_micro,
+        "witnesses": ",".join(witness) if witness else None,
+        "write_rate_per_s": write_rate_per_s,
+        "write_burst": write_burst,
+        "entry_rate_per_s": entry_rate_per_s,
+        "entry_burst": entry_burst,
     }
     hub_config = load(HubConfig, env=os.environ, file=config, overrides=overrides)
     from lumbung.hub.server import serve
@@ -135,6 +164,14 @@ def node_start(
         float | None, typer.Option(help="On SIGTERM, seconds tasks get to checkpoint and stop.")
     ] = None,
     runner: Annotated[str | None, typer.Option(help="'process' or 'container'.")] = None,
+    allow_unsandboxed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsandboxed",
+            help="Where bubblewrap cannot run, run tasks as plain processes (they can read "
+            "what this user can) instead of refusing to start.",
+        ),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Lend this machine to a hub until interrupted (flags > LUMBUNG_NODE_* > --config)."""
@@ -149,6 +186,7 @@ def node_start(
         "heartbeat_s": heartbeat_s,
         "grace_s": grace_s,
         "runner": runner,
+        "allow_unsandboxed": allow_unsandboxed or None,  # unset: the environment decides
     }
     node_config = load(NodeConfig, env=os.environ, file=config, overrides=overrides)
     from lumbung.node.agent import run_node

@@ -348,6 +348,7 @@ def nodes_table(nodes: Sequence[NodeView], now_s: float | None = None) -> Table:
     table.add_column("name")
     table.add_column("online")
     table.add_column("hardware")
+    table.add_column("isolation")
     table.add_column("CPU/h", justify="right")
     table.add_column("GPU/h", justify="right")
     table.add_column("slots", justify="right")
@@ -362,6 +363,7 @@ def nodes_table(nodes: Sequence[NodeView], now_s: float | None = None) -> Table:
             node.name,
             Text(online, style="green" if node.online else "yellow"),
             f"{inv.cpus} CPU, {inv.memory_mib // 1024} GiB, {gpus}",
+            Text(inv.isolation.level, style="green" if inv.isolation.level == "sandbox" else "red"),
             format_credits(node.price_micro_per_cpu_hour),
             format_credits(node.price_micro_per_gpu_hour),
             str(node.slots),

@@ -1,8 +1,10 @@
 """``lumbung witness``: watch a hub's log and cosign checkpoints that extend what it saw before.
 
 A fork or a rollback is printed loudly on stderr and never cosigned; with ``--once`` it is also
-exit code 1. Other errors (the hub unreachable, say) rise to ``lumbung.cli.main`` with ``--once``
-and are printed and retried in the loop.
+exit code 1. Other errors (the hub unreachable, say, or a hub that does not list this witness)
+rise to ``lumbung.cli.main`` with ``--once`` and are printed and retried in the loop.
+``--print-vkey`` prints the witness's verifier key and exits: what a hub's operator lists with
+``lumbung hub serve --witness VKEY`` and an auditor passes to ``ledger verify --witness``.
 """
 
 from __future__ import annotations
@@ -41,12 +43,18 @@ def witness(
         float, typer.Option("--interval-s", min=0.1, help="Seconds between rounds.")
     ] = 10.0,
     once: Annotated[bool, typer.Option("--once", help="Run one round, then exit.")] = False,
+    print_vkey: Annotated[
+        bool, typer.Option("--print-vkey", help="Print this witness's verifier key and exit.")
+    ] = False,
 ) -> None:
     """Check that the hub's log never forks, and cosign each new checkpoint."""
     config = load(ClientConfig, env=os.environ, overrides={"hub_url": hub})
     directory = (data_dir or DEFAULT_DATA_DIR).expanduser()
     identity = Identity.load_or_create(directory)
     me = Witness(identity=identity, data_dir=directory, name=name or default_name(identity))
+    if print_vkey:
+        typer.echo(me.vkey)  # plain, for $(...) in a shell
+        return
     render.stdout_console().print(f"witness   {me.vkey}")
     transport = HubTransport(config.hub_url, identity, timeout_s=config.timeout_s)
     if once:

@@ -17,6 +17,7 @@ from lumbung.wire.api import (
     LogChunk,
     NodeRegister,
     NodeView,
+    ResumeFailed,
     RoundInfo,
     RoundUpdateReport,
     TaskComplete,
@@ -65,6 +66,12 @@ class NodeSession:
     def report_checkpoint(self, task_id: str, report: CheckpointReport) -> None:
         self._hub.call(
             "POST", f"/v1/tasks/{task_id}/checkpoints", json=report.model_dump(mode="json")
+        )
+
+    def resume_failed(self, task_id: str, report: ResumeFailed) -> None:
+        """Tell the hub which checkpoints did not restore and which one the task resumed from."""
+        self._hub.call(
+            "POST", f"/v1/tasks/{task_id}/resume-failed", json=report.model_dump(mode="json")
         )
 
     def complete(self, task_id: str, result: TaskComplete) -> None:

@@ -2,12 +2,17 @@
 
 The hub answers every error with ``{"error": ClassName, "message": ..., "field": ...}``; the class
 name maps back to the same ``lumbung.errors`` class, and an unknown one falls back by status.
+
+A 429 (``RateLimited``) is waited out here: the hub refused the request before acting on it, so
+it is sent again after the ``Retry-After`` the hub gave, a few times; if the hub still refuses,
+the ``RateLimited`` raised is an ``Unavailable``, which callers already retry as they do a 503.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +31,14 @@ _BY_STATUS: dict[int, type[LumbungError]] = {
     409: errors.Conflict,
     413: errors.TooLarge,
     422: errors.Rejected,
+    429: errors.RateLimited,
     503: errors.Unavailable,
 }
 _CHUNK_BYTES = 1024 * 1024
+# A rate-limited request is sent again this many times, each after the hub's Retry-After (at
+# most _RETRY_AFTER_MAX_S; 1 s when the hub gave none).
+RATE_LIMIT_RETRIES = 5
+_RETRY_AFTER_MAX_S = 30.0
 
 
 def error_from_response(response: httpx.Response) -> LumbungError:
@@ -40,7 +50,18 @@ def error_from_response(response: httpx.Response) -> LumbungError:
     cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, LumbungError)):
         cls = _BY_STATUS.get(response.status_code, errors.Unavailable)
-    return cls(f"{message} (HTTP {response.status_code})", field=field)
+    text = f"{message} (HTTP {response.status_code})"
+    if issubclass(cls, errors.RateLimited):
+        return cls(text, retry_after_s=retry_after_s(response), field=field)
+    return cls(text, field=field)
+
+
+def retry_after_s(response: httpx.Response) -> float:
+    """The response's Retry-After in seconds (RFC 9110 section 10.2.3, the delay form)."""
+    try:
+        return min(max(float(response.headers.get("retry-after", "1")), 0.0), _RETRY_AFTER_MAX_S)
+    except ValueError:
+        return 1.0
 
 
 class HubTransport:
@@ -77,7 +98,7 @@ class HubTransport:
         if timeout_s is not None:
             kwargs["timeout"] = timeout_s
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = _waiting_out_rate_limits(lambda: self._http.request(method, path, **kwargs))
         except httpx.TransportError as exc:
             raise errors.Unavailable(
                 f"cannot reach the hub at {self._http.base_url}: {exc}"
@@ -110,18 +131,23 @@ class HubTransport:
             with path.open("rb") as f:
                 yield from iter(lambda: f.read(_CHUNK_BYTES), b"")
 
-        self._put_blob(sha256, chunks(), path.stat().st_size)
+        self._put_blob(sha256, chunks, path.stat().st_size)
         return sha256
 
     def upload_bytes(self, data: bytes) -> str:
         sha256 = hashlib.sha256(data).hexdigest()
-        self._put_blob(sha256, iter([data]), len(data))
+        self._put_blob(sha256, lambda: iter([data]), len(data))
         return sha256
 
-    def _put_blob(self, sha256: str, chunks: Iterator[bytes], size_bytes: int) -> None:
+    def _put_blob(
+        self, sha256: str, chunks: Callable[[], Iterator[bytes]], size_bytes: int
+    ) -> None:
         headers = {"x-lumbung-streamed": "1", "content-length": str(size_bytes)}
         try:
-            response = self._http.put(f"/v1/blobs/{sha256}", content=chunks, headers=headers)
+            # ``chunks`` makes a fresh stream for each try: a refused upload is sent again whole.
+            response = _waiting_out_rate_limits(
+                lambda: self._http.put(f"/v1/blobs/{sha256}", content=chunks(), headers=headers)
+            )
         except httpx.TransportError as exc:
             raise errors.Unavailable(f"upload of {sha256} failed: {exc}") from exc
         if response.status_code >= 400:
@@ -150,3 +176,14 @@ class HubTransport:
 
     def close(self) -> None:
         self._http.close()
+
+
+def _waiting_out_rate_limits(send: Callable[[], httpx.Response]) -> httpx.Response:
+    """``send()``, again after each 429's Retry-After, up to ``RATE_LIMIT_RETRIES`` times."""
+    response = send()
+    for _ in range(RATE_LIMIT_RETRIES):
+        if response.status_code != 429:
+            break
+        time.sleep(retry_after_s(response))
+        response = send()
+    return response

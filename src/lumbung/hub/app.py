@@ -28,14 +28,15 @@ _SWEEP_S = 60.0
 
 
 async def _reap(ctx: HubContext) -> None:
-    """Return expired leases to the queue and settle unpaid escrow, forever; one failure does not
-    stop the reaper."""
+    """Return expired leases to the queue, end leases past their job's time limit as timed-out
+    failures (``expire_leases``), and settle unpaid escrow, forever; one failure does not stop
+    the reaper."""
     since_sweep = 0.0
     while True:
         await asyncio.sleep(ctx.config.reaper_interval_s)
         try:
             if expire_leases(ctx):
-                close_ready_rounds(ctx)  # a dead worker no longer holds its round open
+                close_ready_rounds(ctx)  # a dead or timed-out worker no longer holds its round
             close_due_rounds(ctx)
             since_sweep += ctx.config.reaper_interval_s
             if since_sweep >= _SWEEP_S:

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.hub.ledger import LogService
+from lumbung.hub.rate_limits import RateLimits
 from lumbung.market.matching import NodeSnapshot
 from lumbung.market.model import Node
 from lumbung.market.reliability import DAY_S, reliability
 from lumbung.store.blobs import BlobStore
-from lumbung.store.protocol import Store
+from lumbung.store.protocol import Store, UnreadableJob
 from lumbung.wire.spec import JobSpec
 
 # Node snapshots (online, load) are reused this long.
@@ -64,6 +65,8 @@ class HubContext:
     identity: Identity | None = None
     # The transparency log; create_app makes it (from ``identity``) when it is not given.
     log: LogService | None = None
+    # Every actor's write buckets in this process (lumbung.hub.write_limits says which writes).
+    rate_limits: RateLimits = field(default_factory=RateLimits)
     _snapshots: list[NodeSnapshot] = field(default_factory=list)
     _snapshots_at: float = float("-inf")
     _heard: dict[str, int] = field(default_factory=dict)
@@ -109,10 +112,21 @@ class HubContext:
         return self.snapshot(self.store.get_node(node_id), heard.get(node_id, 0))
 
     def spec_of(self, job_id: str) -> JobSpec:
-        """A job's spec; specs never change, so they are parsed once and kept."""
+        """A job's spec; specs never change, so they are parsed once and kept.
+
+        A job whose stored spec no longer reads is failed on the spot (its tasks cancelled), then
+        ``UnreadableJob`` raised: the claims, renewals and expiries that read specs then meet it
+        once, not for ever. Its escrow settles at the caller (lumbung.hub.unreadable) or at the
+        next reconcile.
+        """
         spec = self._specs.get(job_id)
         if spec is None:
             if len(self._specs) >= _SPEC_CACHE_SIZE:
                 self._specs.clear()
-            spec = self._specs[job_id] = self.store.get_job(job_id).spec
+            try:
+                job = self.store.get_job(job_id)
+            except UnreadableJob as exc:
+                self.store.fail_job(job_id, exc.job_error, self.clock())
+                raise
+            spec = self._specs[job_id] = job.spec
         return spec

@@ -7,18 +7,24 @@ line into the stored note, so ``GET /v1/ledger/checkpoint`` serves every cosigna
 by the same key replaces the older one.
 
 The witness's key comes in the request as a verifier key of type 0x04 and must be the key that
-signed the request (its actor id), so nobody can post a cosignature line in another's name.
+signed the request (its actor id), so nobody can post a cosignature line in another's name, and
+one of the witnesses the hub is configured to accept (``HubConfig.witnesses``): the note has room
+for a limited number of signature lines, and throwaway keys must not be able to fill them. Lines
+of keys no longer accepted are dropped from the stored note at the next merge.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 import threading
 
-from lumbung.errors import Conflict, Forbidden, Unauthenticated
+from lumbung.errors import ConfigError, Conflict, Forbidden, Rejected, Unauthenticated
 from lumbung.hub.ledger import LogService
 from lumbung.ids import actor_id
 from lumbung.ledger.checkpoint import SIG_TYPE_COSIGNATURE_V1, verified_cosignatures
 from lumbung.ledger.note import (
+    SIG_TYPE_ED25519,
     SignatureLine,
     format_signature_line,
     key_id,
@@ -26,25 +32,57 @@ from lumbung.ledger.note import (
     parse_vkey,
 )
 
+# (key name, key ID) of a signature line: how signed-note tells keys apart.
+LineKey = tuple[str, bytes]
+
 # Serialises the read-merge-write of stored notes in this process, so two witnesses posting at
 # once do not drop each other's line. Hubs sharing a database can still race here; the loser's
 # line is lost until that witness's next round, which re-cosigns.
 _MERGE_LOCK = threading.Lock()
 
 
-def add_cosignature(log: LogService, note: str, witness_vkey: str, signer: str) -> str:
+@functools.lru_cache(maxsize=16)
+def accepted_witnesses(witnesses: str) -> frozenset[LineKey]:
+    """The (name, key ID) of each witness verifier key in ``HubConfig.witnesses`` (separated by
+    commas or whitespace); ``ConfigError`` naming ``witnesses`` for one that is not such a key."""
+    accepted: set[LineKey] = set()
+    for text in re.split(r"[\s,]+", witnesses.strip()):
+        if not text:
+            continue
+        try:
+            name, public_key = parse_vkey(text, SIG_TYPE_COSIGNATURE_V1)
+        except Rejected as exc:
+            raise ConfigError(
+                f"witnesses: {text!r:.100} is not a witness verifier key: {exc.message}",
+                field="witnesses",
+            ) from exc
+        accepted.add((name, key_id(name, SIG_TYPE_COSIGNATURE_V1, public_key)))
+    return frozenset(accepted)
+
+
+def add_cosignature(
+    log: LogService, note: str, witness_vkey: str, signer: str, accepted: frozenset[LineKey]
+) -> str:
     """Merge the cosignature of the witness ``witness_vkey`` on ``note`` into the stored note.
 
-    ``signer`` is the actor id that signed the request. Raises ``Rejected`` for a malformed note or
-    key, ``Forbidden`` when the key is not the signer's, ``Conflict`` when ``note`` is not the
-    latest checkpoint, ``Unauthenticated`` when it carries no valid cosignature by that key.
-    Returns the merged note now served.
+    ``signer`` is the actor id that signed the request; ``accepted`` the witnesses this hub takes
+    cosignatures from (``accepted_witnesses``). Raises ``Rejected`` for a malformed note or key,
+    ``Forbidden`` when the key is not the signer's or not accepted, ``Conflict`` when ``note`` is
+    not the latest checkpoint, ``Unauthenticated`` when it carries no valid cosignature by that
+    key. Returns the merged note now served.
     """
     name, public_key = parse_vkey(witness_vkey, SIG_TYPE_COSIGNATURE_V1)
     if actor_id(public_key) != signer:
         raise Forbidden("the witness key is not the key that signed this request", field="vkey")
+    kid = key_id(name, SIG_TYPE_COSIGNATURE_V1, public_key)
+    if (name, kid) not in accepted:
+        raise Forbidden(
+            f"{name!r} is not a witness this hub accepts cosignatures from"
+            " (its operator lists them: hub serve --witness VKEY)",
+            field="vkey",
+        )
     text, lines = parse_note(note)
-    witness_line = _witness_line(lines, name, key_id(name, SIG_TYPE_COSIGNATURE_V1, public_key))
+    witness_line = _witness_line(lines, name, kid)
     # Raises Unauthenticated if the line does not verify over this very checkpoint text.
     verified_cosignatures(note, {name: public_key})
     with _MERGE_LOCK:
@@ -56,7 +94,13 @@ def add_cosignature(log: LogService, note: str, witness_vkey: str, signer: str) 
                 " checkpoint is another one",
                 field="note",
             )
-        kept = [line for line in stored_lines if not _same_key(line, witness_line)]
+        own = (log.origin, key_id(log.origin, SIG_TYPE_ED25519, log.identity.public_key_raw))
+        keep = accepted | {own}
+        kept = [
+            line
+            for line in stored_lines
+            if (line.name, line.key_id) in keep and not _same_key(line, witness_line)
+        ]
         merged = _format(stored_text, [*kept, witness_line])
         parse_note(merged)  # TooLarge past the signature-count limit: refuse, keep the old note
         log.store.put_checkpoint(size, merged)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,7 +20,9 @@ STATUS_BY_ERROR: list[tuple[type[errors.LumbungError], int]] = [
     (errors.Forbidden, 403),
     (errors.NotFound, 404),
     (errors.Conflict, 409),
+    (errors.RateLimited, 429),
     (errors.Unavailable, 503),
+    (errors.Corrupted, 500),
 ]
 
 
@@ -32,7 +36,11 @@ def status_for(exc: errors.LumbungError) -> int:
 def install_error_handlers(app: FastAPI) -> None:
     async def lumbung_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, errors.LumbungError)
-        return JSONResponse(exc.to_dict(), status_code=status_for(exc))
+        headers = None
+        if isinstance(exc, errors.RateLimited):
+            # RFC 9110 section 10.2.3: whole seconds; the client waits this long, then retries.
+            headers = {"retry-after": str(max(1, math.ceil(exc.retry_after_s)))}
+        return JSONResponse(exc.to_dict(), status_code=status_for(exc), headers=headers)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         # FastAPI's own 422 body is a list of pydantic errors; ours names the first field plainly.

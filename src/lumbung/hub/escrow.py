@@ -30,6 +30,7 @@ from lumbung.ledger.settlement import KeptWork, Payout, payout
 from lumbung.market.model import Job
 from lumbung.market.plan import escrow_micro, format_credits, task_budget_micro
 from lumbung.market.states import TERMINAL_JOB_STATES
+from lumbung.store.protocol import UnreadableJob
 from lumbung.wire.spec import JobSpec
 
 log = logging.getLogger("lumbung.hub.escrow")
@@ -109,22 +110,31 @@ def settle(ctx: HubContext, job_id: str, *, final: bool | None = None) -> None:
             escrow = ledger.escrow(job_id)
         except NotFound:
             return []
-        try:
-            job: Job | None = ctx.store.get_job(job_id)
-        except NotFound:
-            job = None  # a lock whose job was never stored: nothing was earned
-        if job is None:
-            work: list[KeptWork] = []
-            budget = 0
-            over = bool(final)
-        else:
-            work = _kept_work(ctx, job_id)
-            budget = task_budget_micro(job.spec)
-            over = job.state in TERMINAL_JOB_STATES if final is None else final
+        work, budget, over = _terms(ctx, job_id, escrow, final)
         pay = payout(work, escrow, task_budget_micro=budget, fee_bps=ctx.config.fee_bps, final=over)
         return _drafts(job_id, escrow, pay, work)
 
     ledger_of(ctx).append_as_hub(decide)
+
+
+def _terms(
+    ctx: HubContext, job_id: str, escrow: EscrowState, final: bool | None
+) -> tuple[list[KeptWork], int, bool]:
+    """What the escrow settles against: the job's kept work, each task's budget, and whether
+    the job is over."""
+    try:
+        job: Job = ctx.store.get_job(job_id)
+    except NotFound:
+        return [], 0, bool(final)  # a lock whose job was never stored: nothing was earned
+    except UnreadableJob as exc:
+        # Its spec no longer reads; the lock was exactly its task count times each task's
+        # budget, so the budget is still known and its kept work is still paid.
+        tasks = sum(ctx.store.task_state_counts(job_id).values())
+        budget, state = escrow.locked // max(tasks, 1), exc.state
+    else:
+        budget, state = task_budget_micro(job.spec), job.state
+    over = state in TERMINAL_JOB_STATES if final is None else final
+    return _kept_work(ctx, job_id), budget, over
 
 
 def settle_quietly(ctx: HubContext, job_id: str) -> None:
@@ -148,6 +158,10 @@ def reconcile_job(ctx: HubContext, job_id: str) -> int:
     before = service.size
     try:
         ctx.store.get_job(job_id)
+    except UnreadableJob as exc:
+        # Nothing can act on it: fail it, so that its escrow settles as over (it is refunded).
+        ctx.store.fail_job(job_id, exc.job_error, ctx.clock())
+        settle(ctx, job_id)
     except NotFound:
         opened_ms = service.escrow(job_id).opened_at
         if int(ctx.clock() * 1000) - opened_ms < ORPHAN_LOCK_AGE_S * 1000:

@@ -5,8 +5,12 @@ A consumer sees and changes only its own jobs (403 otherwise).
 
 from __future__ import annotations
 
-from lumbung.errors import Conflict, Forbidden, Rejected
-from lumbung.hub import escrow, rounds
+import logging
+
+from pydantic import ValidationError
+
+from lumbung.errors import Conflict, Forbidden, NotFound, Rejected
+from lumbung.hub import escrow, rounds, unreadable
 from lumbung.hub.context import HubContext
 from lumbung.hub.settle import current_work
 from lumbung.hub.views import job_view
@@ -14,9 +18,11 @@ from lumbung.market.fanout import tasks_for, validate_command_placeholders
 from lumbung.market.model import Job, JobState, TaskState
 from lumbung.market.plan import make_plan, waiting_reason
 from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, next_task_state
-from lumbung.store.protocol import Changes
+from lumbung.store.protocol import Changes, UnreadableJob
 from lumbung.wire.api import JobSummary, JobView, LogLine, Plan, Results, SubmitResponse, TaskResult
-from lumbung.wire.spec import JobSpec
+from lumbung.wire.spec import JobSpec, rejected_from_validation
+
+log = logging.getLogger("lumbung.hub.jobs")
 
 _MAX_LOG_LINES = 1000
 
@@ -51,11 +57,14 @@ def plan(ctx: HubContext, spec: JobSpec) -> Plan:
 def submit(ctx: HubContext, owner: str, spec: JobSpec, escrow_leaf: str) -> SubmitResponse:
     """Validate, plan, lock the escrow, then store the job and its tasks.
 
-    A job nothing can run yet is stored and waits, saying why. A short balance refuses the
-    submission before anything is stored; if storing fails after the lock, the lock is refunded.
+    A job nothing can run yet is stored and waits, saying why. Whatever can refuse the job does
+    so before the lock (a short balance, a spec that would not read back from the store); if
+    anything fails after it, the submission is withdrawn (``_withdraw``), so a consumer told that
+    its submission failed has no job running and nothing locked.
     """
     signed = escrow.decode_escrow(escrow_leaf)
     the_plan = plan(ctx, spec)
+    _check_reads_back(spec)
     if spec.train is not None:
         rounds.check_resume(ctx, owner, spec.train)
         dataset = spec.train.dataset.sha256
@@ -83,15 +92,58 @@ def submit(ctx: HubContext, owner: str, spec: JobSpec, escrow_leaf: str) -> Subm
     )
     try:
         ctx.store.create_job(job, tasks_for(job.id, spec, now))
-    except BaseException:
-        escrow.undo_lock(ctx, job.id)
+        view = job_view(ctx, job)  # from the job in hand: reading it back could only fail
+    except BaseException as exc:
+        _withdraw(ctx, job.id, exc)
         raise
     ctx.work.notify()
-    return SubmitResponse(job=get(ctx, owner, job.id), plan=the_plan)
+    return SubmitResponse(job=view, plan=the_plan)
+
+
+def _check_reads_back(spec: JobSpec) -> None:
+    """The store keeps the spec as its JSON and every claim reads it back: a spec that would not
+    read back as itself (a NaN is written as null) is refused now, before its escrow is locked,
+    not found unreadable once the job is stored."""
+    try:
+        again = JobSpec.model_validate_json(spec.model_dump_json())
+    except ValidationError as exc:
+        first = rejected_from_validation(exc)
+        raise Rejected(
+            f"spec.{first.message} (the spec would not read back from the store)",
+            field=f"spec.{first.field}",
+        ) from exc
+    if again != spec:
+        raise Rejected("the spec would not read back from the store as itself", field="spec")
+
+
+def _withdraw(ctx: HubContext, job_id: str, exc: BaseException) -> None:
+    """Undo a submission that failed after its escrow was locked. A job stored by then fails,
+    its tasks cancelled, and its escrow is settled (refunded: nothing ran); a lock without a job
+    is refunded. Never raises: the submission's own error is what its consumer must see."""
+    error = f"its submission failed after the job was stored ({type(exc).__name__})"
+    try:
+        ctx.store.fail_job(job_id, error, ctx.clock())
+    except NotFound:
+        escrow.undo_lock(ctx, job_id)
+        return
+    except Exception:
+        log.exception("could not withdraw job %s; reconcile settles its escrow", job_id)
+        return
+    escrow.settle_quietly(ctx, job_id)
 
 
 def _own_job(ctx: HubContext, owner: str, job_id: str) -> Job:
-    job = ctx.store.get_job(job_id)
+    try:
+        job = ctx.store.get_job(job_id)
+    except UnreadableJob as exc:
+        if exc.owner != owner:
+            raise Forbidden(f"job {job_id} belongs to another account", field="job_id") from exc
+        unreadable.isolate(ctx, exc)
+        raise Conflict(
+            f"{exc.message}; the hub failed it, cancelled its unfinished tasks and settled its "
+            "escrow",
+            field="job_id",
+        ) from exc
     if job.owner != owner:
         raise Forbidden(f"job {job_id} belongs to another account", field="job_id")
     return job

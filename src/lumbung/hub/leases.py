@@ -3,6 +3,10 @@
 A claim leases the best queued task this node may take (``market.matching.choose_task``); the lease
 lives while heartbeats renew it. A lease that runs out returns its task to the queue with its last
 checkpoint, and the time since that checkpoint is booked as lost work.
+
+A lease never outlives its attempt's time limit (``attempt_deadline``: the job's max_runtime_s
+plus the hub's grace), whatever a node does: renewals stop there, and the reaper ends a lease
+that reached it as a timed-out, failed attempt, the same as the node's own time limit would.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ from dataclasses import replace
 from lumbung.errors import NotFound, StaleWrite
 from lumbung.hub import escrow
 from lumbung.hub.context import HubContext
-from lumbung.hub.settle import attempt_work, settle_job, work_record
+from lumbung.hub.settle import attempt_deadline, attempt_work, settle_job, work_record
+from lumbung.hub.unreadable import readable_spec
+from lumbung.market.chain import live_chain
 from lumbung.market.fanout import render_command
 from lumbung.market.matching import (
     NodeSnapshot,
@@ -21,7 +27,7 @@ from lumbung.market.matching import (
     task_price_micro_per_hour,
 )
 from lumbung.market.model import Job, Node, Task, TaskState
-from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, next_task_state
+from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, fail_event, next_task_state
 from lumbung.store.protocol import Changes
 from lumbung.wire.api import Assignment, HeartbeatRequest, HeartbeatResponse, NodeRegister
 from lumbung.wire.spec import JobSpec
@@ -34,6 +40,8 @@ _CLAIM_PAGE = 16
 MAX_LOST_LEASES = 10
 # Attempts at a claim when another node or hub takes the chosen task first.
 _CLAIM_RACES = 4
+# Earlier links of a task's checkpoint chain a resuming node may fall back to (Assignment).
+_RESUME_CHAIN_LINKS = 8
 
 
 def register_node(ctx: HubContext, node_id: str, reg: NodeRegister) -> Node:
@@ -90,7 +98,10 @@ def _renew(
         holds = task.state is TaskState.RUNNING and task.node_id == node_id
         if not holds or task.attempt != attempt:
             return False
-        task.lease_expires_at = now + ctx.config.lease_timeout_s
+        spec = readable_spec(ctx, task.job_id)
+        if spec is None or now >= attempt_deadline(ctx, task, spec.max_runtime_s):
+            return False  # a job failed for good, or over its time limit (the reaper ends it)
+        task.lease_expires_at = lease_end(ctx, task, spec, now)
         task.progress = max(task.progress, progress)
         task.updated_at = now
         try:
@@ -136,7 +147,9 @@ def _choose(
         pairs = [
             (t, spec)
             for t in queued
-            if not _retry_elsewhere(t, spec := ctx.spec_of(t.job_id), me.node.id, others)
+            # None: a job that cannot be read back, isolated now so the others go on
+            if (spec := readable_spec(ctx, t.job_id)) is not None
+            and not _retry_elsewhere(t, spec, me.node.id, others)
         ]
         chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
         if chosen is not None or len(queued) < _CLAIM_PAGE:
@@ -154,12 +167,19 @@ def _retry_elsewhere(task: Task, spec: JobSpec, node_id: str, others: list[NodeS
     )
 
 
+def lease_end(ctx: HubContext, task: Task, spec: JobSpec, now: float) -> float:
+    """When a lease renewed at ``now`` runs out: a lease period later, but never past the
+    attempt's time limit, so a node cannot hold a task longer than its job allows."""
+    deadline = attempt_deadline(ctx, task, spec.max_runtime_s)
+    return min(now + ctx.config.lease_timeout_s, deadline)
+
+
 def _lease(ctx: HubContext, node: Node, task: Task, job: Job, now: float) -> Assignment:
     task.state = next_task_state(task.state, TaskEvent.CLAIM)
     task.attempt += 1
     task.node_id = node.id
-    task.lease_expires_at = now + ctx.config.lease_timeout_s
     task.started_at = now
+    task.lease_expires_at = lease_end(ctx, task, job.spec, now)
     task.exit_code = None
     task.error = None
     task.log_bytes = 0
@@ -185,14 +205,25 @@ def _lease(ctx: HubContext, node: Node, task: Task, job: Job, now: float) -> Ass
         network=spec.network,
         env=spec.env,
         resume_from=task.last_checkpoint_sha,
+        resume_chain=_resume_chain(ctx, task),
         lease_expires_at=task.lease_expires_at,
         kind=spec.kind,
         train=spec.train,
     )
 
 
+def _resume_chain(ctx: HubContext, task: Task) -> list[str]:
+    """The links before ``resume_from``, newest first: what the node falls back to when the
+    newest does not restore. Rejected links are left out (``live_chain``)."""
+    if task.last_checkpoint_sha is None:
+        return []
+    chain = live_chain(ctx.store.list_checkpoints(task.id), task.last_checkpoint_sha)
+    return [link.sha256 for link in chain[1 : 1 + _RESUME_CHAIN_LINKS]]
+
+
 def grace_after_restart(ctx: HubContext) -> int:
-    """Give every running lease one more lease period, from now; returns how many were extended.
+    """Give every running lease one more lease period, from now (never past its attempt's time
+    limit); returns how many were extended.
 
     While no hub was up, nodes could not renew their leases; without this, a hub down for longer
     than the lease timeout would requeue every task at start-up, though the nodes carry on.
@@ -200,8 +231,12 @@ def grace_after_restart(ctx: HubContext) -> int:
     now = ctx.clock()
     extended = 0
     for task in ctx.store.running_tasks():
-        if (task.lease_expires_at or now) < now + ctx.config.lease_timeout_s:
-            task.lease_expires_at = now + ctx.config.lease_timeout_s
+        spec = readable_spec(ctx, task.job_id)
+        if spec is None:
+            continue  # its job failed just now
+        end = lease_end(ctx, task, spec, now)  # a time limit still holds
+        if (task.lease_expires_at or now) < end:
+            task.lease_expires_at = end
             try:
                 ctx.store.apply(Changes(tasks=[task]))
                 extended += 1
@@ -211,15 +246,26 @@ def grace_after_restart(ctx: HubContext) -> int:
 
 
 def expire_leases(ctx: HubContext) -> int:
-    """Return tasks whose lease ran out to the queue; returns how many."""
+    """End the leases that ran out; returns how many.
+
+    A lease that lived to its attempt's time limit (renewals stop there) ends as a timed-out
+    failure (``time_out``); any other returns its task to the queue without blame.
+    """
     now = ctx.clock()
     expired = 0
     for task in ctx.store.expired_leases(now):
+        spec = readable_spec(ctx, task.job_id)
+        if spec is None:
+            continue  # its job failed just now, cancelling the task
+        deadline = attempt_deadline(ctx, task, spec.max_runtime_s)
         # The node was last heard from when it last renewed: the lease's end less its length.
         last_heard = (task.lease_expires_at or now) - ctx.config.lease_timeout_s
         runtime_s = max(0.0, last_heard - (task.started_at or last_heard))
         try:
-            requeue(ctx, task, TaskEvent.LEASE_LOST, runtime_s, now)
+            if (task.lease_expires_at or now) >= deadline:
+                time_out(ctx, task, now)
+            else:
+                requeue(ctx, task, TaskEvent.LEASE_LOST, runtime_s, now)
             expired += 1
         except StaleWrite:
             continue  # renewed or finished meanwhile
@@ -236,15 +282,33 @@ def requeue(ctx: HubContext, task: Task, event: TaskEvent, runtime_s: float, now
     rather than cycle through the market for ever.
     """
     job = ctx.store.get_job(task.job_id)
-    work = attempt_work(ctx, task, runtime_s, completed=False)
+    work = attempt_work(ctx, task, runtime_s, now, completed=False)
     lost = task.attempt - task.failures  # attempts that ended without the task failing
     if event is TaskEvent.LEASE_LOST and lost >= MAX_LOST_LEASES:
         event = TaskEvent.FAIL_FINAL
         task.error = f"lost its node {lost} times (the last at {task.progress:.0%} progress)"
     task.state = next_task_state(task.state, event)
+    _end_lease(ctx, job, task, Changes(tasks=[task], work=[work]), now)
+
+
+def time_out(ctx: HubContext, task: Task, now: float) -> None:
+    """End an attempt that reached its time limit as the node's own limit would: a failure of
+    the task (it counts against the retries) whose work is kept up to its last checkpoint; the
+    rest of the time it held the lease is lost."""
+    job = ctx.store.get_job(task.job_id)
+    limit_s = job.spec.max_runtime_s
+    held_s = attempt_deadline(ctx, task, limit_s) - (task.started_at or now)
+    work = attempt_work(ctx, task, held_s, now, completed=False)
+    event = fail_event(task, job.spec.retries)
+    task.failures += 1
+    task.state = next_task_state(task.state, event)
+    task.error = f"time limit of {limit_s} s exceeded"
+    _end_lease(ctx, job, task, Changes(tasks=[task], work=[work]), now)
+
+
+def _end_lease(ctx: HubContext, job: Job, task: Task, changes: Changes, now: float) -> None:
     task.lease_expires_at = None
     task.updated_at = now
-    changes = Changes(tasks=[task], work=[work])
     settle_job(ctx, job, changes, now)
     ctx.store.apply(changes)
     if job.state in TERMINAL_JOB_STATES:  # failed for good: pay what was kept, refund the rest

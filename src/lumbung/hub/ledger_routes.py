@@ -2,12 +2,19 @@
 
 Reads are public and unsigned: anyone may audit the log. Writes are signed requests, but the
 request's signer need not be an entry's author: each entry carries its author's own signature.
+
+Entries are permanent and every start and audit replays them, so appending is not free: the kinds
+reserved for later issues are refused, every author must hold money (a balance or a stake) after
+its entries, and writes are rate-limited per signer and per author (``lumbung.hub.write_limits``).
+Integer query parameters are bounded (422 naming them), so none reaches the database as an
+integer it cannot hold.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -15,20 +22,25 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected, Unavailable
-from lumbung.hub.auth import context, signed_actor
+from lumbung.hub.auth import context
 from lumbung.hub.context import HubContext
-from lumbung.hub.cosign import add_cosignature
+from lumbung.hub.cosign import accepted_witnesses, add_cosignature
 from lumbung.hub.ledger import LogService
-from lumbung.ledger.entries import EscrowLock, SignedEntry, Unstake, decode_leaf
+from lumbung.hub.write_limits import Writer, take_entries
+from lumbung.ledger.balances import Ledger
+from lumbung.ledger.entries import RESERVED_KINDS, EscrowLock, SignedEntry, Unstake, decode_leaf
 from lumbung.ledger.merkle import HASH_SIZE_BYTES
 
 router = APIRouter(prefix="/v1/ledger")
-Actor = Annotated[str, Depends(signed_actor)]
 Ctx = Annotated[HubContext, Depends(context)]
 
 MAX_APPEND_ENTRIES = 1000
 MAX_READ_ENTRIES = 10_000
 MAX_ACCOUNT_ENTRIES = 100
+# Leaf indexes and tree sizes are stored as signed 64-bit integers.
+MAX_INDEX = (1 << 63) - 1
+Index = Annotated[int, Query(ge=0, le=MAX_INDEX)]
+Size = Annotated[int, Query(ge=1, le=MAX_INDEX)]
 
 
 def _log(request: Request) -> LogService:
@@ -66,11 +78,18 @@ def decode_entries(encoded: list[str]) -> list[SignedEntry]:
 
 
 def check_market_rules(ctx: HubContext, entries: list[SignedEntry]) -> None:
-    """Rules of the market on top of the ledger's own: escrow is locked only by submitting a job
-    (so no lock exists without its job), and stake stays while its provider holds a lease (it is
-    what a cheat caught during that work would lose)."""
+    """Rules of the market on top of the ledger's own: the reserved kinds wait for the issues that
+    define them (until then they would be free-form bytes kept for ever), escrow is locked only by
+    submitting a job (so no lock exists without its job), and stake stays while its provider
+    holds a lease (it is what a cheat caught during that work would lose)."""
     for position, signed in enumerate(entries):
         entry = signed.entry
+        if entry.kind in RESERVED_KINDS:
+            raise Rejected(
+                f"entry {position}: {entry.kind.value} entries are reserved for a later issue;"
+                " this hub appends none yet",
+                field=f"entries.{position}.entry.kind",
+            )
         if isinstance(entry, EscrowLock):
             raise Rejected(
                 "escrow is locked by submitting the job (POST /v1/jobs), not appended alone",
@@ -85,15 +104,45 @@ def check_market_rules(ctx: HubContext, entries: list[SignedEntry]) -> None:
                 )
 
 
+def funded_authors(entries: list[SignedEntry]) -> Callable[[Ledger], None]:
+    """The rule that every author holds a balance or a stake after its entries, for
+    ``LogService.append`` to check against the ledger the batch would leave.
+
+    Why this and not a fee: credits enter only through the treasury, so an author that must hold
+    some is an author someone paid for, and a spammer cannot mint authors with free keys; its
+    rate is then bounded per author (``entry_rate_per_s``). It keeps every real flow: a consumer
+    pays from a funded balance, a node stakes from one, the hub's own entries are not appended
+    here. The one thing it refuses is emptying an account through the API (keep 1 micro-credit).
+    """
+    first_entry: dict[str, int] = {}
+    for position, signed in enumerate(entries):
+        first_entry.setdefault(signed.entry.author, position)
+
+    def check(ledger: Ledger) -> None:
+        for author, position in first_entry.items():
+            if ledger.balance(author) <= 0 and ledger.staked(author) <= 0:
+                raise Rejected(
+                    f"entry {position}: its author {author} would hold no balance and no stake"
+                    " after this batch; only funded accounts append (keep at least 1"
+                    " micro-credit)",
+                    field=f"entries.{position}.entry.author",
+                )
+
+    return check
+
+
 @router.post("/entries")
-async def append_entries(body: AppendRequest, _: Actor, ctx: Ctx, log: Log) -> dict[str, list[int]]:
+async def append_entries(
+    body: AppendRequest, _: Writer, ctx: Ctx, log: Log
+) -> dict[str, list[int]]:
     entries = decode_entries(body.entries)
     check_market_rules(ctx, entries)
-    return {"indexes": log.append(entries)}
+    take_entries(ctx, entries)
+    return {"indexes": log.append(entries, funded_authors(entries))}
 
 
 @router.post("/faucet")
-async def faucet(actor: Actor, ctx: Ctx, log: Log) -> dict[str, int]:
+async def faucet(actor: Writer, ctx: Ctx, log: Log) -> dict[str, int]:
     amount = ctx.config.faucet_micro
     if amount <= 0:
         raise Forbidden("this hub has no faucet (faucet_micro is 0)")
@@ -117,14 +166,13 @@ class CosignRequest(BaseModel):
 
 
 @router.post("/cosignatures")
-async def cosignatures(body: CosignRequest, actor: Actor, log: Log) -> dict[str, str]:
-    return {"note": add_cosignature(log, body.note, body.vkey, actor)}
+async def cosignatures(body: CosignRequest, actor: Writer, ctx: Ctx, log: Log) -> dict[str, str]:
+    accepted = accepted_witnesses(ctx.config.witnesses)
+    return {"note": add_cosignature(log, body.note, body.vkey, actor, accepted)}
 
 
 @router.get("/entries")
-async def entries(
-    log: Log, start: Annotated[int, Query(ge=0)], end: Annotated[int, Query(ge=0)]
-) -> dict[str, object]:
+async def entries(log: Log, start: Index, end: Index) -> dict[str, object]:
     if end < start:
         raise Rejected("end must not be below start", field="end")
     if end - start > MAX_READ_ENTRIES:
@@ -136,8 +184,8 @@ async def entries(
 @router.get("/proof/inclusion")
 async def inclusion(
     log: Log,
-    size: Annotated[int, Query(ge=1)],
-    index: Annotated[int | None, Query(ge=0)] = None,
+    size: Size,
+    index: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
     leaf_hash: str | None = None,
 ) -> dict[str, object]:
     if leaf_hash is not None and index is None:
@@ -151,9 +199,7 @@ async def inclusion(
 
 
 @router.get("/proof/consistency")
-async def consistency(
-    log: Log, size1: Annotated[int, Query(ge=1)], size2: Annotated[int, Query(ge=1)]
-) -> dict[str, object]:
+async def consistency(log: Log, size1: Size, size2: Size) -> dict[str, object]:
     proof = log.tree.consistency_proof(size1, size2)
     return {"size1": size1, "size2": size2, "proof": [h.hex() for h in proof]}
 

@@ -1,22 +1,45 @@
 """What a node reports about a task it holds: logs, checkpoints, completion, release.
 
 Every report names the attempt; a node may report only on a task leased to it (403 otherwise) and
-only on the attempt it holds (409 for a stale one, e.g. after its lease expired and the task moved).
+only on the attempt it holds (409 for a stale one, e.g. after its lease expired and the task moved,
+or once the attempt is past its time limit).
+
+Nothing a node reports is taken on trust: the times it reports count for at most how long the
+hub's clock says it held the lease (``lumbung.hub.settle.measured_runtime_s``), and a checkpoint
+joins the chain only if it is an archive the next node can safely unpack.
 """
 
 from __future__ import annotations
 
-from lumbung.errors import Conflict, Forbidden, Rejected
+import dataclasses
+
+from lumbung.errors import Conflict, Forbidden, LumbungError, Rejected
 from lumbung.hub import escrow
 from lumbung.hub.context import HubContext
-from lumbung.hub.leases import requeue
-from lumbung.hub.settle import attempt_work, current_work, settle_job
-from lumbung.market.model import CheckpointLink, LogRecord, Task, TaskState
+from lumbung.hub.leases import lease_end, requeue
+from lumbung.hub.settle import (
+    attempt_deadline,
+    attempt_work,
+    current_work,
+    measured_runtime_s,
+    settle_job,
+)
+from lumbung.market.chain import live_chain
+from lumbung.market.model import CheckpointLink, LogRecord, Task, TaskState, Work
 from lumbung.market.states import TaskEvent, fail_event, next_task_state
 from lumbung.store.protocol import Changes
-from lumbung.wire.api import CheckpointReport, LogChunk, TaskComplete, TaskRelease
+from lumbung.wire.api import (
+    CheckpointReport,
+    LogChunk,
+    ResumeFailed,
+    TaskComplete,
+    TaskRelease,
+)
+from lumbung.wire.archive import inspect_archive
+from lumbung.wire.spec import JobSpec
 
 _TRUNCATED_NOTE = "[log truncated by the hub: over the per-attempt limit]\n"
+_GIB = 1024**3
 
 
 def held_task(ctx: HubContext, node_id: str, task_id: str, attempt: int) -> Task:
@@ -31,6 +54,12 @@ def held_task(ctx: HubContext, node_id: str, task_id: str, attempt: int) -> Task
         )
     if task.state is not TaskState.RUNNING:
         raise Conflict(f"task {task_id} is {task.state}; the lease is gone", field="task_id")
+    limit_s = ctx.spec_of(task.job_id).max_runtime_s
+    if ctx.clock() >= attempt_deadline(ctx, task, limit_s):
+        raise Conflict(
+            f"attempt {attempt} of task {task_id} is past its time limit of {limit_s} s",
+            field="attempt",
+        )
     return task
 
 
@@ -70,8 +99,12 @@ def add_checkpoint(ctx: HubContext, node_id: str, task_id: str, report: Checkpoi
             f"the chain ends at {task.last_checkpoint_sha}",
             field="prev_sha256",
         )
+    spec = ctx.spec_of(task.job_id)
+    _check_archive(ctx, report, spec)
     chain = ctx.store.list_checkpoints(task_id)
     work = current_work(ctx, task)
+    # Kept time is the hub's: at most the lease held so far, less what this attempt already kept.
+    runtime_s = measured_runtime_s(task, report.runtime_s, now)
     link = CheckpointLink(
         task_id=task_id,
         seq=len(chain) + 1,
@@ -80,17 +113,33 @@ def add_checkpoint(ctx: HubContext, node_id: str, task_id: str, report: Checkpoi
         node_id=node_id,
         attempt=report.attempt,
         progress=report.progress,
-        runtime_s=report.runtime_s,
-        kept_s=max(0.0, report.runtime_s - work.kept_s),
+        runtime_s=runtime_s,
+        kept_s=max(0.0, runtime_s - work.kept_s),
         created_at=now,
     )
-    work.kept_s = max(work.kept_s, report.runtime_s)
+    work.kept_s = max(work.kept_s, runtime_s)
     task.last_checkpoint_sha = report.sha256
     task.progress = max(task.progress, report.progress)
-    task.lease_expires_at = now + ctx.config.lease_timeout_s
+    task.lease_expires_at = lease_end(ctx, task, spec, now)
     task.updated_at = now
     ctx.store.apply(Changes(tasks=[task], checkpoints=[link], work=[work]))
     escrow.settle_quietly(ctx, task.job_id)
+
+
+def _check_archive(ctx: HubContext, report: CheckpointReport, spec: JobSpec) -> None:
+    """Refuse a checkpoint the next node could not safely unpack: not a tar.gz, a link or an
+    unsafe path in it, too many entries, or more unpacked bytes than the job's disk budget."""
+    size_bytes = ctx.blobs.size(report.sha256)
+    if size_bytes != report.size_bytes:
+        raise Rejected(
+            f"checkpoint {report.sha256} is {size_bytes} bytes, not {report.size_bytes}",
+            field="size_bytes",
+        )
+    try:
+        with ctx.blobs.open(report.sha256) as stream:
+            inspect_archive(stream, max_bytes=int(spec.resources.disk_gb * _GIB))
+    except Rejected as exc:
+        raise Rejected(f"checkpoint {report.sha256}: {exc.message}", field="sha256") from exc
 
 
 def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) -> Task:
@@ -103,7 +152,7 @@ def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) 
         error = f"exit code {result.exit_code}"
     if error is None:
         error = _output_problem(ctx, job.spec.outputs, result.outputs)
-    work = attempt_work(ctx, task, result.runtime_s, completed=error is None)
+    work = attempt_work(ctx, task, result.runtime_s, now, completed=error is None)
     task.exit_code = result.exit_code
     task.lease_expires_at = None
     task.updated_at = now
@@ -142,3 +191,78 @@ def release(ctx: HubContext, node_id: str, task_id: str, body: TaskRelease) -> N
     task = held_task(ctx, node_id, task_id, body.attempt)
     requeue(ctx, task, TaskEvent.RELEASE, body.runtime_s, ctx.clock())
     ctx.work.notify()
+
+
+def resume_failed(ctx: HubContext, node_id: str, task_id: str, report: ResumeFailed) -> None:
+    """The node could not restore ``report.failed`` and resumed from ``report.resumed_from``:
+    the chain's end moves back there, the failed links are rejected, and the time they kept is
+    taken out of the kept work of the attempts that made them, so settlement does not pay it.
+
+    Settlement pays what kept work earned less what was already released, so time a rejected
+    link kept that was already paid to its provider is not clawed back: it offsets what that
+    provider earns on the same task later. Refused, with nothing written: ``resumed_from`` not
+    a link of the chain (422), a failed link not in the chain after ``resumed_from`` (422,
+    ``failed.N``), or one already rejected (409).
+    """
+    now = ctx.clock()
+    task = held_task(ctx, node_id, task_id, report.attempt)
+    links = ctx.store.list_checkpoints(task_id)
+    chain = live_chain(links, task.last_checkpoint_sha)
+    newer, resumed = _split_at(chain, report.resumed_from)
+    by_sha: dict[str, CheckpointLink] = {}
+    for link in newer:
+        by_sha.setdefault(link.sha256, link)
+    rejected: list[CheckpointLink] = []
+    for i, sha256 in enumerate(report.failed):
+        if sha256 not in by_sha:
+            raise _failed_link_refusal(task_id, links, sha256, f"failed.{i}")
+        reason = report.reason or "could not be restored"
+        rejected.append(dataclasses.replace(by_sha.pop(sha256), rejected=reason))
+    task.last_checkpoint_sha = report.resumed_from
+    task.progress = resumed.progress if resumed is not None else 0.0
+    task.updated_at = now
+    work = _unkeep(ctx, task, rejected)
+    ctx.store.apply(Changes(tasks=[task], rejected_checkpoints=rejected, work=work))
+    escrow.settle_quietly(ctx, task.job_id)
+
+
+def _split_at(
+    chain: list[CheckpointLink], resumed_from: str | None
+) -> tuple[list[CheckpointLink], CheckpointLink | None]:
+    """The links of ``chain`` (newest first) newer than the one ``resumed_from`` names, and
+    that link (None for a fresh start)."""
+    if resumed_from is None:
+        return chain, None
+    for i, link in enumerate(chain):
+        if link.sha256 == resumed_from:
+            return chain[:i], link
+    raise Rejected(
+        f"{resumed_from} is not a link of the task's checkpoint chain", field="resumed_from"
+    )
+
+
+def _failed_link_refusal(
+    task_id: str, links: list[CheckpointLink], sha256: str, field: str
+) -> LumbungError:
+    """Why ``sha256`` cannot be a failed link: rejected before (409), or not one to fall back
+    past (422)."""
+    if any(link.sha256 == sha256 and link.rejected is not None for link in links):
+        return Conflict(f"checkpoint {sha256} of task {task_id} was already rejected", field=field)
+    return Rejected(
+        f"{sha256} is not a link of task {task_id}'s checkpoint chain after resumed_from",
+        field=field,
+    )
+
+
+def _unkeep(ctx: HubContext, task: Task, rejected: list[CheckpointLink]) -> list[Work]:
+    """The work records of the attempts that made ``rejected``, with the time those links kept
+    moved from kept to lost: work no node can resume from is work lost."""
+    records: dict[int, Work] = {}
+    for link in rejected:
+        work = records.get(link.attempt)
+        if work is None:
+            work = records[link.attempt] = ctx.store.get_work(task.id, link.attempt)
+        taken_s = min(link.kept_s, work.kept_s)
+        work.kept_s -= taken_s
+        work.lost_s += taken_s
+    return list(records.values())

@@ -36,7 +36,7 @@ from lumbung.errors import (
 from lumbung.hub import escrow
 from lumbung.hub.context import HubContext
 from lumbung.hub.reports import held_task
-from lumbung.hub.settle import current_work
+from lumbung.hub.settle import current_work, measured_runtime_s
 from lumbung.market.model import Job, Round, RoundState, RoundUpdate, TaskState
 from lumbung.store.protocol import Changes
 from lumbung.train.codec import HEADER, decode, encoded_size_bytes
@@ -136,8 +136,10 @@ def _accept(
     changes = Changes(rounds=[current])
     numel = _base_weights(ctx, current, report)
     _check_update_blob(ctx, report.sha256, numel)
-    work = current_work(ctx, ctx.store.get_task(task_id))
-    work.kept_s = max(work.kept_s, report.runtime_s)  # the inner steps it sent are kept work
+    task = ctx.store.get_task(task_id)
+    work = current_work(ctx, task)
+    # The inner steps it sent are kept work: as long as it says, at most the lease held so far.
+    work.kept_s = max(work.kept_s, measured_runtime_s(task, report.runtime_s, ctx.clock()))
     changes.work.append(work)
     changes.updates.append(
         RoundUpdate(

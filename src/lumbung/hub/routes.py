@@ -6,14 +6,15 @@ import time
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
 from lumbung.errors import Rejected, TooLarge
 from lumbung.hub import jobs, leases, reports, rounds
-from lumbung.hub.auth import context, signed_actor, signed_streamed_actor
+from lumbung.hub.auth import context, signed_actor
 from lumbung.hub.context import HubContext
 from lumbung.hub.views import node_view
+from lumbung.hub.write_limits import StreamWriter, Writer
 from lumbung.ids import is_sha256_hex
 from lumbung.wire.api import (
     CheckpointReport,
@@ -31,16 +32,23 @@ from lumbung.wire.api import (
     Plan,
     PlanRequest,
     Results,
+    ResumeFailed,
     RoundInfo,
     RoundUpdateReport,
     SubmitResponse,
     TaskComplete,
     TaskRelease,
 )
+from lumbung.wire.fields import INT32_MAX, INT64_MAX
 
 router = APIRouter(prefix="/v1")
 Actor = Annotated[str, Depends(signed_actor)]
 Ctx = Annotated[HubContext, Depends(context)]
+# Path and query values reach SQL as they are: ids are id-shaped (no NUL byte, which PostgreSQL
+# text cannot hold), numbers fit their columns, so a hostile one is a 422 naming it, not a 500.
+_ID = r"^[A-Za-z0-9_]{1,64}$"
+TaskPath = Annotated[str, Path(pattern=_ID)]
+JobPath = Annotated[str, Path(pattern=_ID)]
 
 # How often a waiting claim looks again when nothing in this process signalled new work
 # (work submitted through another hub process sharing the database).
@@ -90,36 +98,49 @@ async def claim(body: ClaimRequest, request: Request, actor: Actor, ctx: Ctx) ->
 
 
 @router.post("/tasks/{task_id}/logs", status_code=204)
-async def task_logs(task_id: str, chunk: LogChunk, actor: Actor, ctx: Ctx) -> None:
+async def task_logs(task_id: TaskPath, chunk: LogChunk, actor: Actor, ctx: Ctx) -> None:
     reports.append_logs(ctx, actor, task_id, chunk)
 
 
 @router.post("/tasks/{task_id}/checkpoints", status_code=204)
-async def task_checkpoint(task_id: str, report: CheckpointReport, actor: Actor, ctx: Ctx) -> None:
+async def task_checkpoint(
+    task_id: TaskPath, report: CheckpointReport, actor: Actor, ctx: Ctx
+) -> None:
     reports.add_checkpoint(ctx, actor, task_id, report)
 
 
+@router.post("/tasks/{task_id}/resume-failed", status_code=204)
+async def task_resume_failed(
+    task_id: TaskPath, report: ResumeFailed, actor: Actor, ctx: Ctx
+) -> None:
+    reports.resume_failed(ctx, actor, task_id, report)
+
+
 @router.post("/tasks/{task_id}/complete", status_code=204)
-async def task_complete(task_id: str, result: TaskComplete, actor: Actor, ctx: Ctx) -> None:
+async def task_complete(task_id: TaskPath, result: TaskComplete, actor: Actor, ctx: Ctx) -> None:
     reports.complete(ctx, actor, task_id, result)
 
 
 @router.get("/tasks/{task_id}/round")
 async def task_round(
-    task_id: str, attempt: Annotated[int, Query(ge=1)], actor: Actor, ctx: Ctx
+    task_id: TaskPath, attempt: Annotated[int, Query(ge=1, le=INT32_MAX)], actor: Actor, ctx: Ctx
 ) -> RoundInfo:
     return rounds.round_info(ctx, actor, task_id, attempt)
 
 
 @router.post("/tasks/{task_id}/rounds/{round_index}/update", status_code=204)
 async def task_round_update(
-    task_id: str, round_index: int, report: RoundUpdateReport, actor: Actor, ctx: Ctx
+    task_id: TaskPath,
+    round_index: Annotated[int, Path(ge=0, le=INT32_MAX)],
+    report: RoundUpdateReport,
+    actor: Actor,
+    ctx: Ctx,
 ) -> None:
     rounds.submit_update(ctx, actor, task_id, round_index, report)
 
 
 @router.post("/tasks/{task_id}/release", status_code=204)
-async def task_release(task_id: str, body: TaskRelease, actor: Actor, ctx: Ctx) -> None:
+async def task_release(task_id: TaskPath, body: TaskRelease, actor: Actor, ctx: Ctx) -> None:
     reports.release(ctx, actor, task_id, body)
 
 
@@ -127,7 +148,7 @@ async def task_release(task_id: str, body: TaskRelease, actor: Actor, ctx: Ctx) 
 
 
 @router.post("/jobs", status_code=201)
-async def submit_job(body: JobSubmit, actor: Actor, ctx: Ctx) -> SubmitResponse:
+async def submit_job(body: JobSubmit, actor: Writer, ctx: Ctx) -> SubmitResponse:
     return jobs.submit(ctx, actor, body.spec, body.escrow)
 
 
@@ -142,22 +163,24 @@ async def list_jobs(actor: Actor, ctx: Ctx) -> list[JobSummary]:
 
 
 @router.get("/jobs/{job_id}")
-async def get_job(job_id: str, actor: Actor, ctx: Ctx) -> JobView:
+async def get_job(job_id: JobPath, actor: Actor, ctx: Ctx) -> JobView:
     return jobs.get(ctx, actor, job_id)
 
 
 @router.get("/jobs/{job_id}/logs")
-async def job_logs(job_id: str, actor: Actor, ctx: Ctx, after: int = 0) -> list[LogLine]:
+async def job_logs(
+    job_id: JobPath, actor: Actor, ctx: Ctx, after: Annotated[int, Query(ge=0, le=INT64_MAX)] = 0
+) -> list[LogLine]:
     return jobs.logs(ctx, actor, job_id, after)
 
 
 @router.get("/jobs/{job_id}/results")
-async def job_results(job_id: str, actor: Actor, ctx: Ctx) -> Results:
+async def job_results(job_id: JobPath, actor: Actor, ctx: Ctx) -> Results:
     return jobs.results(ctx, actor, job_id)
 
 
 @router.post("/jobs/{job_id}/cancel")
-async def cancel_job(job_id: str, actor: Actor, ctx: Ctx) -> JobView:
+async def cancel_job(job_id: JobPath, actor: Actor, ctx: Ctx) -> JobView:
     return jobs.cancel(ctx, actor, job_id)
 
 
@@ -174,7 +197,7 @@ def _blob_name(sha256: str) -> str:
 async def put_blob(
     sha256: str,
     request: Request,
-    _: Annotated[str, Depends(signed_streamed_actor)],
+    _: StreamWriter,
     ctx: Ctx,
 ) -> dict[str, object]:
     """Stream an upload into the blob store; it is kept only if its bytes hash to its name."""

@@ -1,4 +1,10 @@
-"""``lumbung hub serve``: open the store and blob store, bind a socket, run uvicorn."""
+"""``lumbung hub serve``: open the store and blob store, bind a socket, run uvicorn.
+
+Everything that can refuse to start does so before the socket is bound: a bad witness list
+(``ConfigError``), a ledger another key signed, or one that fails its integrity check
+(``Corrupted``, naming the first bad leaf or node). ``lumbung hub serve`` prints the message and
+exits 1.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.hub.app import create_app
 from lumbung.hub.context import HubContext
+from lumbung.hub.cosign import accepted_witnesses
 from lumbung.hub.ledger import LogService
 from lumbung.store.blobs import DirectoryBlobStore
 from lumbung.store.sql import SqlStore
@@ -24,18 +31,18 @@ def sqlite_url(config: HubConfig) -> str:
 def serve(config: HubConfig) -> None:
     """Run the hub until interrupted. Writes the bound port to ``data_dir/port`` once listening."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    accepted_witnesses(config.witnesses)
     config.data_dir.mkdir(parents=True, exist_ok=True)
     identity = Identity.load_or_create(config.data_dir)
     db_url = config.db_url or sqlite_url(config)
     store = SqlStore.open(db_url)
+    try:
+        log = LogService(store.ledger(), identity)
+    except BaseException:
+        store.close()
+        raise
     blobs = DirectoryBlobStore(config.data_dir / "blobs")
-    ctx = HubContext(
-        config=config,
-        store=store,
-        blobs=blobs,
-        identity=identity,
-        log=LogService(store.ledger(), identity),
-    )
+    ctx = HubContext(config=config, store=store, blobs=blobs, identity=identity, log=log)
     app = create_app(ctx)
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets that say they are TCP, and
     # without it every response's body waits ~40 ms for the client's delayed ACK (Nagle).

@@ -1,10 +1,16 @@
 """Bookkeeping shared by every task transition: kept and lost work, and the job's own state.
 
 Work is kept when a checkpoint records it or the task completes; the time since the last checkpoint
-of an attempt that ends any other way is lost. The ledger (a later issue) pays kept work only.
+of an attempt that ends any other way is lost. The ledger pays kept work only.
+
+Time is the hub's own: a node reports how long it ran, but an attempt is never counted as longer
+than the hub's clock says its lease has been held (``measured_runtime_s``), so a node claiming an
+hour after a second is paid for a second, and a claim of infinity or NaN never reaches settlement.
 """
 
 from __future__ import annotations
+
+import math
 
 from lumbung.errors import NotFound
 from lumbung.hub.context import HubContext
@@ -36,8 +42,32 @@ def current_work(ctx: HubContext, task: Task) -> Work:
         return work_record(task, 0)
 
 
-def attempt_work(ctx: HubContext, task: Task, runtime_s: float, *, completed: bool) -> Work:
-    """The final work record of the task's current attempt, ending after ``runtime_s``."""
+def measured_runtime_s(task: Task, reported_s: float, now: float) -> float:
+    """The seconds into the current attempt the hub counts for a report of ``reported_s``: what
+    the node says, but never more than the lease has been held by the hub's clock.
+
+    The wire refuses non-finite and absurd times; this holds even for one that got past it: NaN
+    counts as nothing, infinity as the whole lease.
+    """
+    held_s = max(0.0, now - task.started_at) if task.started_at is not None else 0.0
+    if math.isnan(reported_s):
+        return 0.0
+    return min(max(reported_s, 0.0), held_s)
+
+
+def attempt_deadline(ctx: HubContext, task: Task, max_runtime_s: int) -> float:
+    """When the current attempt is over its time limit: the job's ``max_runtime_s`` from the
+    lease's start, plus the hub's grace for a node's own limit and its report to arrive."""
+    started = task.started_at if task.started_at is not None else ctx.clock()
+    return started + max_runtime_s + ctx.config.runtime_grace_s
+
+
+def attempt_work(
+    ctx: HubContext, task: Task, runtime_s: float, now: float, *, completed: bool
+) -> Work:
+    """The final work record of the task's current attempt, ending after ``runtime_s`` (as the
+    node reports it; counted as at most the time the lease was held)."""
+    runtime_s = measured_runtime_s(task, runtime_s, now)
     work = current_work(ctx, task)
     if completed:
         work.kept_s = max(work.kept_s, runtime_s)

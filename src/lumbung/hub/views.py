@@ -56,6 +56,7 @@ def _task_view(task: Task, chain: list[CheckpointLink]) -> TaskView:
                 progress=c.progress,
                 kept_s=c.kept_s,
                 created_at=c.created_at,
+                rejected=c.rejected,
             )
             for c in chain
         ],

@@ -12,6 +12,10 @@ root and proofs can be assembled from them:
 
 So each operation is one ``get_many`` of O(log n) keys, which a SQL store can answer with one
 query. The planning functions are public for exactly that reason.
+
+A ``Frontier`` is the tree's right edge alone (one root per set bit of the size): enough to compute
+every node an append completes and the root, from the leaf hashes only. A hub rebuilds it from its
+leaves at start and so checks each stored node against what its leaves say it must be.
 """
 
 from __future__ import annotations
@@ -148,21 +152,80 @@ def _need(nodes: Mapping[NodeKey, bytes], key: NodeKey) -> bytes:
         raise KeyError(f"Merkle node {key} is missing from the store") from None
 
 
+# --- The right frontier -------------------------------------------------------------------------
+
+
+class Frontier:
+    """The roots of the perfect subtrees that make up the first ``size`` leaves, by level.
+
+    O(log n) hashes, and all an append needs: each new leaf completes the subtrees of the trailing
+    1 bits of the size before it (``extend``), and the root is their right fold (``root``).
+    """
+
+    def __init__(self, size: int = 0, roots: Mapping[int, bytes] | None = None) -> None:
+        self.size = size
+        self._roots = dict(roots or {})  # level -> root of the frontier subtree there
+
+    @classmethod
+    def from_nodes(cls, size: int, nodes: Mapping[NodeKey, bytes]) -> Frontier:
+        """The frontier of a tree of ``size`` leaves, from its stored nodes (``range_keys``)."""
+        keys = range_keys(0, size)
+        return cls(size, {level: _need(nodes, (level, index)) for level, index in keys})
+
+    def copy(self) -> Frontier:
+        return Frontier(self.size, self._roots)
+
+    def extend(self, leaf_hashes: Iterable[bytes]) -> dict[NodeKey, bytes]:
+        """Add leaf hashes in order; returns every node they complete, leaves (level 0) included,
+        in the order they complete: leaf by leaf, each leaf's node then the subtrees it closes."""
+        new_nodes: dict[NodeKey, bytes] = {}
+        roots = self._roots
+        for index, value in enumerate(leaf_hashes, self.size):
+            self.size = index + 1
+            new_nodes[(0, index)] = value
+            level, top = 0, value
+            # Each trailing 1 bit of the old size is a frontier subtree this leaf completes.
+            while index >> level & 1:
+                top = node_hash(roots.pop(level), top)
+                level += 1
+                new_nodes[(level, index >> level)] = top
+            roots[level] = top
+        return new_nodes
+
+    def root(self) -> bytes:
+        """MTH of the ``size`` leaves: the frontier folded from its smallest subtree up."""
+        result: bytes | None = None
+        for level in sorted(self._roots):
+            top = self._roots[level]
+            result = top if result is None else node_hash(top, result)
+        return EMPTY_ROOT if result is None else result
+
+
+def completed_ranges(lo: int, hi: int) -> list[tuple[int, int, int]]:
+    """(level, first, end) index ranges of the nodes that leaves [lo, hi) complete: node
+    (level, i) is complete once leaf (i + 1) * 2^level - 1 is in, so i runs over
+    [lo >> level, hi >> level)."""
+    ranges: list[tuple[int, int, int]] = []
+    level = 0
+    while hi >> level > lo >> level:
+        ranges.append((level, lo >> level, hi >> level))
+        level += 1
+    return ranges
+
+
 # --- The tree -----------------------------------------------------------------------------------
 
 
 class MerkleTree:
     """An append-only Merkle tree over a NodeStore; proofs equal lumbung.ledger.merkle's exactly.
 
-    The tree caches its right frontier (one perfect-subtree root per set bit of the size) so an
-    append reads nothing; the cache is checked against the store's size and reloaded with one
-    ``get_many`` if another writer has moved the tree on.
+    The tree caches its right frontier so an append reads nothing; the cache is checked against
+    the store's size and reloaded with one ``get_many`` if another writer has moved the tree on.
     """
 
     def __init__(self, store: NodeStore) -> None:
         self._store = store
-        self._frontier: dict[int, bytes] = {}  # level -> root of the frontier subtree there
-        self._frontier_size = -1  # the size the frontier describes; -1: not loaded
+        self._frontier: Frontier | None = None
 
     @property
     def size(self) -> int:
@@ -182,21 +245,12 @@ class MerkleTree:
                 )
         start = self._store.size()
         frontier = self._load_frontier(start)
-        self._frontier_size = -1  # the loop edits the cache: keep it only if the store takes it
-        new_nodes: dict[NodeKey, bytes] = {}
-        for index, value in enumerate(hashes, start):
-            new_nodes[(0, index)] = value
-            level, top = 0, value
-            # Each trailing 1 bit of the old size is a frontier subtree this leaf completes.
-            while index >> level & 1:
-                top = node_hash(frontier.pop(level), top)
-                level += 1
-                new_nodes[(level, index >> level)] = top
-            frontier[level] = top
+        self._frontier = None  # extend edits the cache: keep it only if the store takes the nodes
+        new_nodes = frontier.extend(hashes)
         if new_nodes:
             self._store.put_many(new_nodes)
             self._store.set_size(start + len(hashes))
-        self._frontier, self._frontier_size = frontier, start + len(hashes)
+        self._frontier = frontier
         return list(range(start, start + len(hashes)))
 
     def root(self, size: int | None = None) -> bytes:
@@ -236,10 +290,8 @@ class MerkleTree:
             raise Rejected(f"the tree has {current} leaves, not {size}", field=field)
         return size
 
-    def _load_frontier(self, size: int) -> dict[int, bytes]:
-        """The roots of the perfect subtrees that make up the first ``size`` leaves, by level."""
-        if self._frontier_size == size:
+    def _load_frontier(self, size: int) -> Frontier:
+        """The frontier of the first ``size`` leaves: the cache, or read from the store."""
+        if self._frontier is not None and self._frontier.size == size:
             return self._frontier
-        keys = range_keys(0, size)
-        nodes = self._fetch(keys)
-        return {level: _need(nodes, (level, index)) for level, index in keys}
+        return Frontier.from_nodes(size, self._fetch(range_keys(0, size)))

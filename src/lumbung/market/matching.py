@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from lumbung.market.model import Node, Task
-from lumbung.wire.api import GpuInfo
+from lumbung.wire.api import ISOLATION_RANK, GpuInfo
 from lumbung.wire.spec import JobSpec, Resources
 
 # Constraint names: the keys of ``Plan.excluded`` and the words of a job's waiting reason.
 OFFLINE = "offline"
 DRAINING = "draining"
 KIND_NOT_RUN = "kind_not_run"
+ISOLATION_TOO_WEAK = "isolation_too_weak"
 TOO_FEW_GPUS = "too_few_gpus"
 GPU_MODEL_NOT_ALLOWED = "gpu_model_not_allowed"
 TOO_LITTLE_GPU_MEMORY = "too_little_gpu_memory"
@@ -35,6 +36,7 @@ CONSTRAINTS: tuple[str, ...] = (
     OFFLINE,
     DRAINING,
     KIND_NOT_RUN,
+    ISOLATION_TOO_WEAK,
     TOO_FEW_GPUS,
     GPU_MODEL_NOT_ALLOWED,
     TOO_LITTLE_GPU_MEMORY,
@@ -75,6 +77,8 @@ def exclusions(snapshot: NodeSnapshot, spec: JobSpec) -> list[str]:
         failed.append(DRAINING)
     if spec.kind not in inventory.kinds:
         failed.append(KIND_NOT_RUN)
+    if ISOLATION_RANK[inventory.isolation.level] < ISOLATION_RANK[wanted.isolation]:
+        failed.append(ISOLATION_TOO_WEAK)
     gpu_problem = _gpu_exclusion(inventory.gpus, wanted)
     if gpu_problem is not None:
         failed.append(gpu_problem)

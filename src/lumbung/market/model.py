@@ -84,7 +84,11 @@ class Task:
 
 @dataclass(frozen=True)
 class CheckpointLink:
-    """One link of a task's checkpoint chain: each names the hash of the one before it."""
+    """One link of a task's checkpoint chain: each names the hash of the one before it.
+
+    A link a later node could not restore is ``rejected`` (the reason): it leaves the chain, and
+    the time it kept is no longer paid for (``lumbung.hub.reports.resume_failed``).
+    """
 
     task_id: str
     seq: int
@@ -93,9 +97,10 @@ class CheckpointLink:
     node_id: str
     attempt: int
     progress: float
-    runtime_s: float  # seconds into the attempt when taken
+    runtime_s: float  # seconds into the attempt when taken, as the hub counts them
     kept_s: float  # seconds of work this link saved beyond the previous link of the same attempt
     created_at: float
+    rejected: str | None = None
 
 
 @dataclass

@@ -31,6 +31,7 @@ _CONSTRAINT_WORDS: Mapping[str, str] = {
     matching.OFFLINE: "offline",
     matching.DRAINING: "draining",
     matching.KIND_NOT_RUN: "not running this kind of job",
+    matching.ISOLATION_TOO_WEAK: "isolation weaker than the job's resources.isolation",
     matching.TOO_FEW_GPUS: "too few GPUs",
     matching.GPU_MODEL_NOT_ALLOWED: "GPU model not allowed",
     matching.TOO_LITTLE_GPU_MEMORY: "too little GPU memory",

@@ -19,6 +19,7 @@ from lumbung.client import NodeSession
 from lumbung.config import NodeConfig
 from lumbung.crypto.keys import Identity
 from lumbung.errors import ConfigError, NotFound, Unavailable
+from lumbung.node.bwrap import SandboxPolicy, find_bwrap
 from lumbung.node.inventory import collect_inventory
 from lumbung.node.sandbox import ProcessRunner, Runner, probe_isolation
 from lumbung.node.task_run import TaskRun
@@ -237,7 +238,22 @@ def run_node(config: NodeConfig) -> int:
 
 def _make_runner(config: NodeConfig) -> tuple[Runner, Isolation]:
     if config.runner == "process":
-        isolation = probe_isolation()
+        policy = SandboxPolicy(
+            max_processes=config.task_max_processes,
+            task_uid_base=config.task_uid_base,
+            slots=config.slots,
+        )
+        sandbox, why_not = find_bwrap(policy, config.data_dir)
+        if sandbox is not None:
+            return sandbox, sandbox.isolation
+        if not config.allow_unsandboxed:
+            raise ConfigError(
+                f"refusing to run tasks without a sandbox: {why_not}. Install bubblewrap, or "
+                "pass --allow-unsandboxed to run them as plain processes that can read what "
+                "this user can (isolation level 'process')",
+                field="allow_unsandboxed",
+            )
+        isolation = probe_isolation(why_not)
         return ProcessRunner(isolation), isolation
     if config.runner == "container":
         from lumbung.node.container import ContainerRunner
@@ -269,10 +285,10 @@ def _configure_logging() -> None:
 
 def _print_start_line(config: NodeConfig, node_id: str, inventory: Inventory) -> None:
     isolation = inventory.isolation
-    if isolation.network == "netns":
-        network = "network isolation: netns"
+    if isolation.level == "sandbox":
+        network = "isolation: sandbox"
     else:
-        network = "WARNING: " + "; ".join(isolation.notes or ["tasks share the host network"])
+        network = "WARNING: isolation: process: " + "; ".join(isolation.notes)
     gpus = ", ".join(g.model for g in inventory.gpus) or "no GPUs"
     print(
         f"lumbung node {node_id} -> {config.hub_url} | {config.slots} slot(s), "

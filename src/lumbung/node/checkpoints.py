@@ -12,9 +12,11 @@ import hashlib
 import os
 import stat
 import tarfile
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from lumbung.errors import Rejected
+from lumbung.node import workfiles
+from lumbung.wire.archive import check_member, inspect_archive
 
 _CHUNK_BYTES = 1024 * 1024
 _FILE_MODE = 0o644
@@ -25,7 +27,9 @@ def pack_dir(src: Path, dest_file: Path) -> str | None:
     """Write ``src`` as a deterministic tar.gz to ``dest_file``; its SHA-256, or None if empty.
 
     Only regular files and directories are packed; symlinks, devices and sockets are left out, so a
-    checkpoint can never smuggle a link to a file outside the task's directory.
+    checkpoint can never smuggle a link to a file outside the task's directory. The task may be
+    running and swapping files meanwhile, so every file is opened below ``src`` without following
+    links (``lumbung.node.workfiles``): a file swapped for a link is skipped, never read through.
     """
     entries = _sorted_entries(src)
     if not any(is_file for _, is_file in entries):
@@ -37,25 +41,27 @@ def pack_dir(src: Path, dest_file: Path) -> str | None:
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):
         for rel, is_file in entries:
-            _add_entry(tar, src / rel, rel, is_file)
+            _add_entry(tar, src, rel, is_file)
     return _sha256_file(dest_file)
 
 
 def _sorted_entries(src: Path) -> list[tuple[str, bool]]:
     """(relative posix path, is a regular file) for every file and directory below ``src``."""
     found: list[tuple[str, bool]] = []
-    for dirpath, dirnames, filenames in os.walk(src, followlinks=False):
-        base = Path(dirpath)
+    for dirpath, dirnames, filenames, dir_fd in os.fwalk(src, follow_symlinks=False):
+        base = Path(dirpath).relative_to(src)
         for name in dirnames + filenames:
-            full = base / name
-            mode = full.lstat().st_mode
+            try:
+                mode = os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                continue  # removed by the task meanwhile
             if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
-                found.append((full.relative_to(src).as_posix(), stat.S_ISREG(mode)))
+                found.append(((base / name).as_posix(), stat.S_ISREG(mode)))
     found.sort()
     return found
 
 
-def _add_entry(tar: tarfile.TarFile, full: Path, rel: str, is_file: bool) -> None:
+def _add_entry(tar: tarfile.TarFile, src: Path, rel: str, is_file: bool) -> None:
     info = tarfile.TarInfo(rel)
     info.mtime = 0
     info.uid = info.gid = 0
@@ -65,10 +71,15 @@ def _add_entry(tar: tarfile.TarFile, full: Path, rel: str, is_file: bool) -> Non
         info.mode = _DIR_MODE
         tar.addfile(info)
         return
-    with full.open("rb") as f:
-        # The size is taken from the open file, so a file rewritten meanwhile is still consistent.
-        info.size = os.fstat(f.fileno()).st_size
-        info.mode = _FILE_MODE | (0o111 if full.stat().st_mode & 0o100 else 0)
+    try:
+        fd = workfiles.open_file(src, rel)
+    except (Rejected, OSError):
+        return  # swapped for a link or removed since the walk: not part of this checkpoint
+    with os.fdopen(fd, "rb") as f:
+        # Size and mode from the open file, so a file rewritten meanwhile is still consistent.
+        status = os.fstat(f.fileno())
+        info.size = status.st_size
+        info.mode = _FILE_MODE | (0o111 if status.st_mode & 0o100 else 0)
         tar.addfile(info, f)
 
 
@@ -80,26 +91,22 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def unpack(archive: Path, dest: Path) -> None:
+def unpack(archive: Path, dest: Path, *, max_bytes: int) -> None:
     """Extract a checkpoint archive into ``dest``; ``Rejected`` if any member is hostile.
 
-    Every member is checked before anything is written: only regular files and directories, no
-    absolute paths, no ``..``. The stdlib "data" filter then guards the extraction itself.
+    The whole archive is checked before anything is written (``lumbung.wire.archive``): only
+    regular files and directories at safe relative paths, at most ``max_bytes`` unpacked (the
+    job's disk budget, so a small archive cannot fill the disk). The stdlib "data" filter then
+    guards the extraction itself.
     """
+    with archive.open("rb") as stream:
+        inspect_archive(stream, max_bytes=max_bytes)
     try:
         with tarfile.open(archive, mode="r:gz") as tar:
             members = tar.getmembers()
             for member in members:
-                _check_member(member)
+                check_member(member)
             dest.mkdir(parents=True, exist_ok=True)
             tar.extractall(dest, members=members, filter="data")
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as exc:
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, OSError) as exc:
         raise Rejected(f"checkpoint archive {archive.name} is unreadable: {exc}") from exc
-
-
-def _check_member(member: tarfile.TarInfo) -> None:
-    path = PurePosixPath(member.name)
-    if not (member.isreg() or member.isdir()):
-        raise Rejected(f"checkpoint archive holds a link or special file: {member.name!r}")
-    if path.is_absolute() or ".." in path.parts or "\\" in member.name or not member.name:
-        raise Rejected(f"checkpoint archive holds an unsafe path: {member.name!r}")

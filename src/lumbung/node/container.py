@@ -74,7 +74,10 @@ class ContainerRunner:
         self.engine = found
         self.image = image
         self.isolation = Isolation(
-            runner="container", network="netns", notes=[f"{Path(found).name} image {image}"]
+            runner="container",
+            level="sandbox",
+            network="netns",
+            notes=[f"{Path(found).name} image {image}"],
         )
 
     def start(self, spec: SandboxSpec) -> ContainerProcess:

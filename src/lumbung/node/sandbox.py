@@ -1,10 +1,10 @@
-"""Running a task as a sandboxed process group: scrubbed environment, resource limits, no network.
+"""What every runner shares (the task's spec, environment and process), and the weakest runner.
 
-The sandbox is a process-level one, not a security boundary against a determined attacker: the task
-runs as the node's user. What it guarantees is hygiene: a task sees none of the node's secrets, can
-be killed with everything it spawned, cannot dump core, is held to its memory, CPU-time and file
-size budget, and (where the kernel lets us create a network namespace) has no network unless its
-spec asks for one. For a stronger boundary use the container runner.
+``ProcessRunner`` is isolation level "process": a process group with a scrubbed environment and
+resource limits, and no network where the kernel lets it make a network namespace. It is hygiene,
+not a boundary: the task runs as the node's user and sees the host's files as that user. A node
+uses it only where bubblewrap cannot run and its provider said so explicitly
+(``--allow-unsandboxed``); the sandbox proper is ``lumbung.node.bwrap``.
 """
 
 from __future__ import annotations
@@ -37,13 +37,17 @@ _OPEN_FILES_LIMIT = 1024
 _CPU_SLACK_S = 5
 
 
-def probe_isolation() -> Isolation:
-    """Find out which network isolation this machine can give tasks (see ``network_prefix``)."""
+def probe_isolation(why_unsandboxed: str = "") -> Isolation:
+    """The isolation ``ProcessRunner`` gives here: level "process", with a network namespace
+    where ``unshare`` can make one (see ``network_prefix``)."""
+    notes = [f"no sandbox: {why_unsandboxed}"] if why_unsandboxed else []
+    notes.append("tasks run as the node's user and can read what it can read")
     prefix, reason = _find_unshare_prefix()
     if prefix is None:
-        note = f"tasks share the host network: unshare unavailable ({reason})"
-        return Isolation(runner="process", network="none", notes=[note])
-    return Isolation(runner="process", network="netns", notes=[f"netns via {' '.join(prefix)}"])
+        notes.append(f"tasks share the host network: unshare unavailable ({reason})")
+        return Isolation(runner="process", level="process", network="none", notes=notes)
+    notes.append(f"netns via {' '.join(prefix)}")
+    return Isolation(runner="process", level="process", network="netns", notes=notes)
 
 
 def _find_unshare_prefix() -> tuple[tuple[str, ...] | None, str]:
@@ -108,9 +112,35 @@ class SandboxSpec:
     cpus: int
     # Address-space limit (RLIMIT_AS); None for none, as CUDA maps far more than it uses.
     memory_bytes: int | None
-    # Largest file the task may write (RLIMIT_FSIZE); None for none.
+    # The task's disk budget: the largest file it may write (RLIMIT_FSIZE; the node also
+    # measures the whole working directory against it); None for none.
     disk_bytes: int | None
     max_runtime_s: int
+    # Resident memory the whole task may use (a cgroup's memory.max, where the node has them).
+    resident_bytes: int | None = None
+    # Host paths the task may read but not write, mounted where they are (its inputs, a dataset).
+    read_only: tuple[Path, ...] = ()
+    # The GPUs (NVML indexes) leased with the task: the only ones whose devices it sees.
+    gpus: tuple[int, ...] = ()
+
+    @property
+    def cpu_seconds(self) -> int:
+        """The CPU-time limit: the wall-clock limit on every core, and a little for start-up."""
+        return self.max_runtime_s * max(1, self.cpus) + _CPU_SLACK_S
+
+    @classmethod
+    def probe(cls, workdir: Path) -> SandboxSpec:
+        """A task that only starts and exits: what a node tries at start-up."""
+        return cls(
+            argv=["true"],
+            workdir=workdir,
+            env={"PATH": "/usr/bin:/bin"},
+            network=False,
+            cpus=1,
+            memory_bytes=None,
+            disk_bytes=None,
+            max_runtime_s=10,
+        )
 
 
 class TaskProcess(Protocol):
@@ -220,7 +250,7 @@ class ProcessRunner:
 def _limits_setter(spec: SandboxSpec) -> Callable[[], None]:
     """A preexec_fn applying the spec's limits in the child, between fork and exec."""
     limits: list[tuple[int, int]] = [
-        (resource.RLIMIT_CPU, spec.max_runtime_s * max(1, spec.cpus) + _CPU_SLACK_S),
+        (resource.RLIMIT_CPU, spec.cpu_seconds),
         (resource.RLIMIT_NOFILE, _OPEN_FILES_LIMIT),
         (resource.RLIMIT_CORE, 0),
     ]

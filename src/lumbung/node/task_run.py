@@ -7,11 +7,8 @@ A ``TaskRun`` owns its process on its own thread. Other threads only ask it thin
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import os
-import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,29 +18,37 @@ from typing import TypeVar
 
 from lumbung.client import NodeSession
 from lumbung.config import NodeConfig
-from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected, Unavailable
-from lumbung.node.checkpoints import pack_dir, unpack
+from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Unavailable
+from lumbung.node import workfiles
+from lumbung.node.checkpoints import pack_dir
 from lumbung.node.logs import LogShipper
-from lumbung.node.sandbox import Runner, SandboxSpec, TaskProcess, scrubbed_env
+from lumbung.node.retry import call_hub
+from lumbung.node.sandbox import Runner, TaskProcess
+from lumbung.node.task_spec import Dataset, disk_budget_bytes, sandbox_spec
 from lumbung.node.train_courier import Courier
+from lumbung.node.workdir import WorkDir
 from lumbung.train.data import default_cache_dir, fetch_sdist
-from lumbung.wire.api import Assignment, CheckpointReport, LogChunk, TaskComplete, TaskRelease
+from lumbung.wire.api import (
+    Assignment,
+    CheckpointReport,
+    LogChunk,
+    ResumeFailed,
+    TaskComplete,
+    TaskRelease,
+)
 from lumbung.wire.train import TrainSpec
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-_GIB = 1024**3
-# Address space granted beyond the task's memory: shared libraries and thread stacks are mapped
-# (counted by RLIMIT_AS) long before they are resident, and the spec's memory_gb means resident.
-_ADDRESS_SPACE_HEADROOM_BYTES = 1 * _GIB
-# Hub calls that fail as Unavailable are retried this many times, the delay doubling up to the cap:
-# about half a minute in all, long enough for a hub restart behind a load balancer.
-_HUB_ATTEMPTS = 6
-_HUB_FIRST_DELAY_S = 0.5
-_HUB_MAX_DELAY_S = 8.0
+# Hub calls made while the task runs (checkpoints, logs) wait this long for a hub that is away: a
+# restart behind a load balancer. Reports of a finished attempt (its outputs, completion or
+# release) wait for the node's whole hub_patience_s: that work is done and must not be lost.
+_HUB_RUNNING_PATIENCE_S = 30.0
 _SUPERVISE_TICK_S = 0.2
+# How often the working directory is measured against the task's disk budget.
+_DISK_CHECK_S = 0.5
 # How long to wait for the pipes to close after the task's group is gone.
 _PIPE_DRAIN_S = 5.0
 
@@ -73,14 +78,10 @@ class TaskRun:
         self._config = config
         self._session = session
         self._runner = runner
-        # Absolute: the task runs in its workdir, and the paths it is given must still resolve.
-        tasks_dir = config.data_dir.resolve() / "tasks"
-        self.workdir = tasks_dir / f"{assignment.task_id}-{assignment.attempt}"
-        # Packed outside the workdir, so packing never reads its own output.
-        self._archive = tasks_dir / f"{assignment.task_id}-{assignment.attempt}.checkpoint.tar.gz"
+        self.files = WorkDir(config.data_dir / "tasks", assignment.task_id, assignment.attempt)
         self._last_checkpoint = assignment.resume_from
-        self._progress = 0.0
-        self._dataset_env: dict[str, str] = {}
+        self._dataset = Dataset()
+        self._disk_problem = ""
         self._request: str | None = None  # "cancel", "drain" or "lease-lost"
         self._drain_grace_s = 0.0
         self._wake = threading.Event()
@@ -108,18 +109,13 @@ class TaskRun:
         """Wait until the run has reported and cleaned up; True if it has."""
         return self._done.wait(timeout_s)
 
+    @property
+    def workdir(self) -> Path:
+        return self.files.root
+
     def progress(self) -> float:
         """The task's own estimate, 0..1, from the file named by LUMBUNG_PROGRESS_FILE."""
-        try:
-            text = (self.workdir / "progress").read_text().strip()
-            value = json.loads(text) if text else self._progress
-            if isinstance(value, dict):
-                value = value.get("progress", self._progress)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                self._progress = min(1.0, max(0.0, float(value)))
-        except (OSError, ValueError):
-            pass  # no file yet, or caught mid-write: keep the last good value
-        return self._progress
+        return self.files.progress()
 
     def cancel(self) -> None:
         """Kill the task and report nothing: the hub asked for it, so it knows."""
@@ -146,16 +142,21 @@ class TaskRun:
             self._run_attempt()
         except LeaseLost as exc:
             log.warning("task %s: lease lost, stopped: %s", self.task_id, exc)
+        except Unavailable as exc:
+            # Never reported as the task's failure: its lease runs out at the hub, which
+            # requeues it without blame.
+            log.warning("task %s: hub unreachable, attempt left unreported: %s", self.task_id, exc)
         except Exception:
             log.exception("task %s: the node failed to run it", self.task_id)
         finally:
-            _remove_tree(self.workdir)
-            self._archive.unlink(missing_ok=True)
+            self.files.remove()
             self._done.set()
 
     def _run_attempt(self) -> None:
         try:
             self._prepare()
+        except LeaseLost:
+            raise
         except Unavailable as exc:
             self._release(f"node could not fetch the task's files: {exc}")
             return
@@ -167,8 +168,10 @@ class TaskRun:
                 self._release("node draining")
             return
         try:
-            process = self._runner.start(self._sandbox_spec())
-        except OSError as exc:
+            spec = sandbox_spec(self.assignment, self.files, self.gpu_indices, self._dataset)
+            process = self._runner.start(spec)
+        except (OSError, ValueError, Unavailable) as exc:
+            # ValueError: what Popen says of an argv or environment it cannot pass (a NUL byte).
             self._complete(127, {}, f"cannot start the task: {exc}")
             return
         self._started_at = time.monotonic()
@@ -187,9 +190,7 @@ class TaskRun:
     def _start_courier(self) -> _CourierThread | None:
         if self.assignment.kind != "train":
             return None
-        courier = Courier(
-            self._session, self.task_id, self.attempt, self.workdir / "rounds", self._runtime_s
-        )
+        courier = Courier(self._session, self.task_id, self.attempt, self.workdir, self._runtime_s)
         stop = threading.Event()
         thread = threading.Thread(
             target=courier.run, args=(stop,), name=f"courier-{self.task_id}", daemon=True
@@ -199,87 +200,45 @@ class TaskRun:
 
     def _prepare(self) -> None:
         a = self.assignment
-        _remove_tree(self.workdir)
-        for sub in ("inputs", "checkpoint", "tmp"):
-            (self.workdir / sub).mkdir(parents=True)
-        inputs = self.workdir / "inputs"
-        for name, sha256 in sorted(a.inputs.items()):
-            dest = _inside(inputs, name)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self._hub(functools.partial(self._session.download, sha256, dest), lease=False)
-        _make_read_only(inputs)
+        self.files.create(training=a.kind == "train")
+        self.files.fetch_inputs(a.inputs, self._download)
         if a.kind == "train" and a.train is not None:
             self._prepare_training(a.train)
         if a.resume_from is not None:
-            sha = a.resume_from
-            self._hub(lambda: self._session.download(sha, self._archive), lease=False)
-            unpack(self._archive, self.workdir / "checkpoint")
-            self._archive.unlink()
+            self._resume([a.resume_from, *a.resume_chain])
+
+    def _download(self, sha256: str, dest: Path) -> None:
+        self._hub(functools.partial(self._session.download, sha256, dest), lease=False)
+
+    def _resume(self, chain: list[str]) -> None:
+        """Restore the newest checkpoint of ``chain`` that unpacks within the disk budget and
+        tell the hub of the newer ones that did not, so that it does not pay for them and the
+        next checkpoint chains on from what was really restored."""
+        restored = self.files.restore(
+            chain, self._download, max_bytes=disk_budget_bytes(self.assignment)
+        )
+        self._last_checkpoint = restored.sha256
+        if restored.failed:
+            report = ResumeFailed(
+                attempt=self.attempt,
+                failed=restored.failed,
+                resumed_from=restored.sha256,
+                reason="; ".join(restored.reasons)[:1000],
+            )
+            self._hub(lambda: self._session.resume_failed(self.task_id, report))
 
     def _prepare_training(self, train: TrainSpec) -> None:
         """The dataset where the trainer, which has no network, can read it."""
-        (self.workdir / "rounds").mkdir()
         sha = train.dataset.sha256
         if sha is not None:
             dest = self.workdir / "dataset.txt"
-            self._hub(lambda: self._session.download(sha, dest), lease=False)
-            self._dataset_env = {"LUMBUNG_TRAIN_TEXT": str(dest)}
+            self._download(sha, dest)
+            self._dataset = Dataset(env={"LUMBUNG_TRAIN_TEXT": str(dest)})
         else:
-            # The operator's cache (not the task's HOME): nodes on one machine share it.
+            # The operator's cache (not the task's HOME): nodes on one machine share it, and
+            # the sandbox shows the trainer this one file of it, read-only.
             sdist = fetch_sdist(default_cache_dir())
-            self._dataset_env = {"LUMBUNG_TRAIN_SDIST": str(sdist)}
-
-    def _sandbox_spec(self) -> SandboxSpec:
-        a = self.assignment
-        cpus = int(str(a.resources.get("cpus", 1)))
-        memory_gb = float(str(a.resources.get("memory_gb", 1.0)))
-        disk_gb = float(str(a.resources.get("disk_gb", 0.0)))
-        training = a.kind == "train"
-        if training:
-            # The sandboxed half of a DiLoCo worker; the node's courier thread talks to the hub.
-            argv = [sys.executable, "-m", "lumbung.train.trainer"]
-        else:
-            argv = a.command or [sys.executable, "-m", "lumbung.node.entry", str(a.entrypoint)]
-        return SandboxSpec(
-            argv=list(argv),
-            workdir=self.workdir,
-            env=scrubbed_env(self._task_env(), self.workdir, cpus=cpus),
-            network=a.network,
-            cpus=cpus,
-            # CUDA, and torch on the CPU, reserve far more address space than they use, so GPU
-            # and training tasks get no RLIMIT_AS.
-            memory_bytes=None
-            if self.gpu_indices or training
-            else int(memory_gb * _GIB) + _ADDRESS_SPACE_HEADROOM_BYTES,
-            disk_bytes=int(disk_gb * _GIB) or None,
-            max_runtime_s=a.max_runtime_s,
-        )
-
-    def _task_env(self) -> dict[str, str]:
-        a = self.assignment
-        env = dict(a.env)
-        # Empty for CPU tasks: a task sees only the GPUs the node handed it.
-        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in self.gpu_indices)
-        env.update(
-            LUMBUNG_TASK_ID=a.task_id,
-            LUMBUNG_JOB_ID=a.job_id,
-            LUMBUNG_ATTEMPT=str(a.attempt),
-            LUMBUNG_CHECKPOINT_DIR=str(self.workdir / "checkpoint"),
-            LUMBUNG_PROGRESS_FILE=str(self.workdir / "progress"),
-            LUMBUNG_INPUTS_DIR=str(self.workdir / "inputs"),
-            LUMBUNG_PARAMS=json.dumps(a.params, sort_keys=True),
-        )
-        for name, value in a.params.items():
-            env[f"LUMBUNG_PARAM_{name.upper()}"] = (
-                value if isinstance(value, str) else json.dumps(value)
-            )
-        if a.kind == "train" and a.train is not None:
-            env.update(
-                LUMBUNG_TRAIN_SPEC=a.train.model_dump_json(),
-                LUMBUNG_TRAIN_DIR=str(self.workdir / "rounds"),
-                **self._dataset_env,
-            )
-        return env
+            self._dataset = Dataset(env={"LUMBUNG_TRAIN_SDIST": str(sdist)}, read_only=(sdist,))
 
     def _supervise(self, process: TaskProcess) -> tuple[str, int | None]:
         """Watch the task until it exits or must stop; (outcome, exit code if it exited)."""
@@ -287,6 +246,7 @@ class TaskRun:
         deadline = self._started_at + a.max_runtime_s
         interval_s = a.checkpoint_interval_s
         next_checkpoint = self._started_at + interval_s
+        next_disk_check = self._started_at
         while True:
             exit_code = process.poll()
             if exit_code is not None:
@@ -302,6 +262,12 @@ class TaskRun:
             if now >= deadline:
                 process.kill_group()
                 return "timeout", process.poll()
+            if now >= next_disk_check:
+                self._disk_problem = self.files.over_budget(disk_budget_bytes(a)) or ""
+                if self._disk_problem:
+                    process.kill_group()
+                    return "disk", process.poll()
+                next_disk_check = now + _DISK_CHECK_S
             if interval_s > 0 and now >= next_checkpoint:
                 self._checkpoint()
                 next_checkpoint = time.monotonic() + interval_s
@@ -321,6 +287,8 @@ class TaskRun:
         elif outcome == "timeout":
             error = f"time limit of {self.assignment.max_runtime_s} s exceeded"
             self._complete(code, {}, error)
+        elif outcome == "disk":
+            self._complete(code, {}, self._disk_problem)
         elif outcome == "drain":
             self._checkpoint()
             self._release("node draining")
@@ -332,7 +300,7 @@ class TaskRun:
     def _checkpoint(self) -> None:
         """Upload checkpoint/ if it changed since the last one the hub knows of."""
         try:
-            sha256 = pack_dir(self.workdir / "checkpoint", self._archive)
+            sha256 = pack_dir(self.files.checkpoint, self.files.archive)
         except OSError as exc:
             # Usually a file replaced while it was read; the next interval will try again.
             log.warning("task %s: cannot pack checkpoint: %s", self.task_id, exc)
@@ -342,13 +310,13 @@ class TaskRun:
         report = CheckpointReport(
             attempt=self.attempt,
             sha256=sha256,
-            size_bytes=self._archive.stat().st_size,
+            size_bytes=self.files.archive.stat().st_size,
             prev_sha256=self._last_checkpoint,
             progress=self.progress(),
             runtime_s=self._runtime_s(),
         )
         try:
-            self._hub(lambda: self._session.upload_file(self._archive))
+            self._hub(lambda: self._session.upload_file(self.files.archive))
             self._hub(lambda: self._session.report_checkpoint(self.task_id, report))
         except LeaseLost:
             self._ask("lease-lost")
@@ -360,22 +328,27 @@ class TaskRun:
         log.info("task %s: checkpoint %s (%d bytes)", self.task_id, sha256[:12], report.size_bytes)
 
     def _upload_outputs(self) -> tuple[dict[str, str], list[str]]:
+        """Upload each declared output that is a regular file; (name -> hash, missing names).
+
+        A hub that stays unreachable past the node's patience raises ``Unavailable``: the attempt
+        then ends unreported (its lease runs out, which costs no retry), never as "missing".
+        """
         outputs: dict[str, str] = {}
         missing: list[str] = []
         for name in self.assignment.outputs:
             try:
-                path = _inside(self.workdir, name)
-            except LumbungError:
-                path = None
-            # A symlink could point at any file of the node's; only regular files are uploaded.
-            if path is None or path.is_symlink() or not path.is_file():
-                missing.append(name)
+                fd = workfiles.open_file(self.workdir, name)
+            except (LumbungError, OSError):
+                missing.append(name)  # absent, a link (to any file of the node's), not a file
                 continue
             try:
-                outputs[name] = self._hub(functools.partial(self._session.upload_file, path))
-            except Unavailable as exc:
-                log.warning("task %s: output %s not uploaded: %s", self.task_id, name, exc)
-                missing.append(name)
+                # The open descriptor's path: what is uploaded is the file checked, whatever
+                # happens to the name meanwhile.
+                path = Path(f"/proc/self/fd/{fd}")
+                upload = functools.partial(self._session.upload_file, path)
+                outputs[name] = self._hub(upload, patience_s=self._config.hub_patience_s)
+            finally:
+                os.close(fd)
         return outputs, missing
 
     def _send_logs(self, stream: str, text: str) -> None:
@@ -393,55 +366,35 @@ class TaskRun:
             runtime_s=self._runtime_s(),
             error=error,
         )
-        self._hub(lambda: self._session.complete(self.task_id, result))
+        self._hub(
+            lambda: self._session.complete(self.task_id, result),
+            patience_s=self._config.hub_patience_s,
+        )
         log.info("task %s attempt %d: %s", self.task_id, self.attempt, error or "done")
 
     def _release(self, reason: str) -> None:
         release = TaskRelease(attempt=self.attempt, runtime_s=self._runtime_s(), reason=reason)
-        self._hub(lambda: self._session.release(self.task_id, release))
+        self._hub(
+            lambda: self._session.release(self.task_id, release),
+            patience_s=self._config.hub_patience_s,
+        )
         log.info("task %s released: %s", self.task_id, reason)
 
     def _runtime_s(self) -> float:
         return max(0.0, time.monotonic() - self._started_at)
 
-    def _hub(self, call: Callable[[], T], *, lease: bool = True) -> T:
-        """Call the hub, retrying while it is unavailable; a refusal means the lease is gone."""
-        delay_s = _HUB_FIRST_DELAY_S
-        for attempt in range(_HUB_ATTEMPTS):
-            try:
-                return call()
-            except Unavailable as exc:
-                if attempt == _HUB_ATTEMPTS - 1:
-                    raise
-                log.warning("hub unavailable, retrying in %.1f s: %s", delay_s, exc)
-                time.sleep(delay_s)
-                delay_s = min(2 * delay_s, _HUB_MAX_DELAY_S)
-            except (Forbidden, Conflict, NotFound) as exc:
-                if not lease:
-                    raise
-                raise LeaseLost(str(exc)) from exc
-        raise AssertionError("unreachable")
-
-
-def _inside(base: Path, name: str) -> Path:
-    """``base/name``, refused if ``name`` would lead out of ``base``."""
-    path = base / name
-    if not path.resolve().is_relative_to(base.resolve()):
-        raise Rejected(f"path {name!r} leads outside the task's directory")
-    return path
-
-
-def _make_read_only(root: Path) -> None:
-    for dirpath, _, filenames in os.walk(root):
-        for name in filenames:
-            os.chmod(os.path.join(dirpath, name), 0o444)
-        os.chmod(dirpath, 0o555)
-
-
-def _remove_tree(root: Path) -> None:
-    if not root.exists():
-        return
-    # Read-only directories (inputs/) must be writable again before their entries can be removed.
-    for dirpath, _, _ in os.walk(root):
-        os.chmod(dirpath, 0o755)
-    shutil.rmtree(root, ignore_errors=True)
+    def _hub(
+        self,
+        call: Callable[[], T],
+        *,
+        lease: bool = True,
+        patience_s: float = _HUB_RUNNING_PATIENCE_S,
+    ) -> T:
+        """Call the hub (``lumbung.node.retry``); a refusal means the lease is gone
+        (``LeaseLost``), unless ``lease`` is False."""
+        try:
+            return call_hub(call, patience_s=patience_s, what=f"task {self.task_id}")
+        except (Forbidden, Conflict, NotFound) as exc:
+            if not lease:
+                raise
+            raise LeaseLost(str(exc)) from exc

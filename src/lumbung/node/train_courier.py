@@ -10,12 +10,12 @@ sends the trainer's pseudo-gradient back. The file exchange is described in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import tempfile
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,9 @@ from typing import TypeVar
 import numpy as np
 
 from lumbung.client.node_session import NodeSession
-from lumbung.errors import Conflict, Rejected, Unavailable
+from lumbung.errors import Conflict, LumbungError, Rejected
+from lumbung.node import workfiles
+from lumbung.node.retry import call_hub
 from lumbung.train.codec import HEADER, decode, encode
 from lumbung.train.rounds import FULL_WEIGHTS
 from lumbung.wire.api import RoundInfo, RoundUpdateReport
@@ -35,6 +37,11 @@ log = logging.getLogger("lumbung.node.train")
 POLL_S = 0.3
 # A hub that does not answer (restarting, a network blip) is waited for this long.
 HUB_PATIENCE_S = 120.0
+# The trainer's files are read as the hostile files they may be (the trainer may run a consumer's
+# code): through ``workfiles``, never past a link, never more than these sizes.
+_REPORT_MAX_BYTES = 64 * 1024
+_WEIGHTS_MAX_BYTES = 4 * 1024**3
+ROUNDS = "rounds"
 T = TypeVar("T")
 
 
@@ -52,11 +59,11 @@ class Courier:
         session: NodeSession,
         task_id: str,
         attempt: int,
-        rounds_dir: Path,
+        workdir: Path,
         runtime_s: Callable[[], float],
     ) -> None:
         self.session, self.task_id, self.attempt = session, task_id, attempt
-        self.dir = rounds_dir
+        self.workdir = workdir  # the exchange is in its rounds/ (see lumbung.train.trainer)
         self.runtime_s = runtime_s
         self.held: Held | None = None
         self.handed: int | None = None  # the round whose weights the trainer has
@@ -68,17 +75,18 @@ class Courier:
             self._loop(stop)
         except Exception as exc:  # the trainer must not wait for ever on a courier that died
             log.exception("task %s: the training courier failed", self.task_id)
-            _write(self.dir / "abort", str(exc).encode())
+            with contextlib.suppress(OSError, LumbungError):  # the trainer may have gone too
+                self._write("abort", str(exc).encode())
 
     def _loop(self, stop: threading.Event) -> None:
         while not stop.is_set():
             info = self._hub(lambda: self.session.round_info(self.task_id, self.attempt))
             if info.state == "done":
-                _write(self.dir / "done", b"")
+                self._write("done", b"")
                 return
             if info.state == "open" and info.round != self.handed:
                 self._hand(info)
-            elif self.handed is not None and (self.dir / f"{self.handed}.update.json").exists():
+            elif self.handed is not None and self._exists(f"{self.handed}.update.json"):
                 self._send(self.handed)
             stop.wait(POLL_S)
 
@@ -88,22 +96,21 @@ class Courier:
             self.bytes_down = 0  # round 0, no weights yet: the trainer starts from the seed
         else:
             self.held, self.bytes_down = self._fetch(info)
-            _write(self.dir / f"{info.round}.base.bin", encode(self.held.weights, FULL_WEIGHTS))
+            self._write(f"{info.round}.base.bin", encode(self.held.weights, FULL_WEIGHTS))
         start = {"round": info.round, "base": info.base_sha is not None}
-        _write(self.dir / f"{info.round}.start.json", json.dumps(start).encode())
+        self._write(f"{info.round}.start.json", json.dumps(start).encode())
         self.handed = info.round
 
     def _send(self, index: int) -> None:
-        report = json.loads((self.dir / f"{index}.update.json").read_text())
+        report = json.loads(self._read(f"{index}.update.json", _REPORT_MAX_BYTES))
         initial_sha = None
-        initial_path = self.dir / f"{index}.initial.bin"
-        if initial_path.exists():  # round 0 had no weights: the trainer's seeded ones
-            initial = initial_path.read_bytes()
+        if self._exists(f"{index}.initial.bin"):  # round 0 had no weights: the trainer's seeded
+            initial = self._read(f"{index}.initial.bin", _WEIGHTS_MAX_BYTES)
             initial_sha = self._hub(lambda: self.session.upload_bytes(initial))
             self.held = Held(decode(initial, _numel(initial)), initial_sha)
         if self.held is None:
             raise AssertionError("an update without the weights it was trained from")
-        blob = (self.dir / f"{index}.update.bin").read_bytes()
+        blob = self._read(f"{index}.update.bin", _WEIGHTS_MAX_BYTES)
         update = RoundUpdateReport(
             attempt=self.attempt,
             sha256=self._hub(lambda: self.session.upload_bytes(blob)),
@@ -142,23 +149,25 @@ class Courier:
         full = self._download(info.base_sha)
         return Held(decode(full, _numel(full)), info.base_sha), len(full)
 
+    def _read(self, name: str, max_bytes: int) -> bytes:
+        return workfiles.read_file(self.workdir, f"{ROUNDS}/{name}", max_bytes)
+
+    def _exists(self, name: str) -> bool:
+        return workfiles.exists(self.workdir, f"{ROUNDS}/{name}")
+
+    def _write(self, name: str, data: bytes) -> None:
+        workfiles.write_file(self.workdir, f"{ROUNDS}/{name}", data)
+
     def _download(self, sha256: str) -> bytes:
-        with tempfile.TemporaryDirectory(dir=self.dir) as tmp:
+        # Into a directory of the node's own, not the trainer's: nothing there to trip over.
+        with tempfile.TemporaryDirectory(prefix="lumbung-courier-") as tmp:
             dest = Path(tmp) / sha256
             self._hub(lambda: self.session.download(sha256, dest))
             return dest.read_bytes()
 
     def _hub(self, call: Callable[[], T]) -> T:
         """``call`` the hub, waiting out a hub that is down (a restart keeps its rounds)."""
-        deadline = time.monotonic() + HUB_PATIENCE_S
-        while True:
-            try:
-                return call()
-            except Unavailable as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("task %s: hub unavailable, retrying: %s", self.task_id, exc.message)
-                time.sleep(1.0)
+        return call_hub(call, patience_s=HUB_PATIENCE_S, what=f"task {self.task_id}")
 
 
 def _numel(blob: bytes) -> int:
@@ -169,9 +178,3 @@ def _numel(blob: bytes) -> int:
 
 def _full_sha(weights: np.ndarray) -> str:
     return hashlib.sha256(encode(weights, FULL_WEIGHTS)).hexdigest()
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 from lumbung.errors import NotFound, Rejected, StaleWrite
 
 NodeKey = tuple[int, int]  # (level, index), as in lumbung.ledger.tree
+NodeRange = tuple[int, int, int]  # (level, first index, end index): one level's nodes in a range
 _READ_ONLY = "the log's tree is written only through LedgerStore.append, with its leaves"
 
 
@@ -32,11 +34,20 @@ class LedgerStore(Protocol):
         writer appended first, possibly another hub sharing the database.
         """
 
+    def writing(self) -> AbstractContextManager[object]:
+        """The log's writer lock, shared by every process on this database: held around a whole
+        append (read the tail, build, write, sign), so that hubs sharing a database take turns
+        instead of racing, where the loser of a race can lose again and again."""
+
     def leaves(self, start: int, end: int) -> list[bytes]:
         """The leaves at indexes [start, end), clipped to the log's size."""
 
     def nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
         """The stored nodes among ``keys``; absent keys are left out."""
+
+    def node_ranges(self, ranges: Sequence[NodeRange]) -> dict[NodeKey, bytes]:
+        """The stored nodes of each (level, first, end) range, end exclusive: every node a run
+        of leaves completed, read at once, for checking the stored tree against its leaves."""
 
     def index_of(self, leaf_hash: bytes) -> int:
         """The index of the leaf with this RFC 9162 leaf hash; ``NotFound`` if none."""
@@ -94,10 +105,14 @@ class MemoryLedgerStore:
         self._index_by_hash: dict[bytes, int] = {}
         self._nodes: dict[NodeKey, bytes] = {}
         self._checkpoints: dict[int, str] = {}
+        self._writer = threading.Lock()
 
     def ledger_size(self) -> int:
         with self._lock:
             return len(self._leaves)
+
+    def writing(self) -> AbstractContextManager[object]:
+        return self._writer
 
     def append(
         self, leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
@@ -123,6 +138,21 @@ class MemoryLedgerStore:
     def nodes(self, keys: Sequence[NodeKey]) -> dict[NodeKey, bytes]:
         with self._lock:
             return {key: self._nodes[key] for key in keys if key in self._nodes}
+
+    def node_ranges(self, ranges: Sequence[NodeRange]) -> dict[NodeKey, bytes]:
+        found: dict[NodeKey, bytes] = {}
+        with self._lock:
+            for level, first, end in ranges:
+                if end - first <= len(self._nodes):
+                    keys = ((level, index) for index in range(first, end))
+                    found.update((key, self._nodes[key]) for key in keys if key in self._nodes)
+                else:  # an open-ended range (nodes beyond the size): look at what is stored
+                    found.update(
+                        (key, value)
+                        for key, value in self._nodes.items()
+                        if key[0] == level and first <= key[1] < end
+                    )
+        return found
 
     def index_of(self, leaf_hash: bytes) -> int:
         with self._lock:

@@ -18,6 +18,7 @@ from lumbung.errors import Conflict, NotFound, StaleWrite
 from lumbung.market.model import (
     CheckpointLink,
     Job,
+    JobState,
     LogRecord,
     Node,
     Round,
@@ -156,6 +157,34 @@ class MemoryStore:
             mine.sort(key=lambda j: (j.created_at, j.id), reverse=True)
             return [_copy_job(j) for j in mine]
 
+    def fail_job(self, job_id: str, error: str, now: float) -> None:
+        # Records are kept as objects, never as rows: a job here always reads back, but the hub
+        # also fails jobs whose submission broke after they were stored.
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None:
+                raise NotFound(f"no job {job_id}")
+            if job.state not in (JobState.QUEUED, JobState.RUNNING):
+                return
+            self._jobs[job_id] = dataclasses.replace(
+                job,
+                state=JobState.FAILED,
+                error=error,
+                waiting_reason=None,
+                updated_at=now,
+                version=job.version + 1,
+            )
+            unfinished = (TaskState.QUEUED, TaskState.RUNNING)
+            for task in [x for x in self._tasks.values() if x.job_id == job_id]:
+                if task.state in unfinished:
+                    self._tasks[task.id] = dataclasses.replace(
+                        task,
+                        state=TaskState.CANCELLED,
+                        lease_expires_at=None,
+                        updated_at=now,
+                        version=task.version + 1,
+                    )
+
     def get_task(self, task_id: str) -> Task:
         with self._lock:
             if task_id not in self._tasks:
@@ -222,6 +251,12 @@ class MemoryStore:
                     keys = ", ".join(f"({c.task_id}, seq {c.seq})" for c in changes.checkpoints)
                     raise Conflict(f"checkpoint link taken or its task unknown: {keys}")
                 links[key] = link
+            for link in changes.rejected_checkpoints:
+                key = (link.task_id, link.seq)
+                stored = links.get(key) or self._checkpoints.get(key)
+                if stored is None:
+                    raise NotFound(f"no checkpoint link {link.seq} of task {link.task_id}")
+                links[key] = dataclasses.replace(stored, rejected=link.rejected)
             if any(w.task_id not in self._tasks for w in changes.work):
                 raise Conflict("work record names an unknown task")
             rounds = self._stage_rounds(changes)

@@ -3,7 +3,8 @@
 Two implementations: ``SqlStore`` (SQLAlchemy; SQLite by default, PostgreSQL for many hubs) and
 ``MemoryStore`` (tests and simulation). Both raise ``NotFound`` for a missing object, ``StaleWrite``
 when an update's ``version`` no longer matches what is stored (someone else wrote first), and
-``Conflict`` when a unique key is taken. Updates bump ``version`` on the object passed in.
+``Conflict`` when a unique key is taken. Updates bump ``version`` on the object passed in. A job
+whose stored spec no longer validates raises ``UnreadableJob`` wherever it would be read.
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from lumbung.errors import Conflict
 from lumbung.market.model import (
     CheckpointLink,
     Job,
+    JobState,
     LogRecord,
     Node,
     Round,
@@ -26,18 +29,42 @@ from lumbung.market.model import (
 from lumbung.store.ledger import LedgerStore
 
 
+class UnreadableJob(Conflict):
+    """A stored job whose spec no longer validates (stored by an older, laxer hub, or written into
+    the database by hand): nothing can act on it but ``Store.fail_job``. It carries what the row
+    still says, so that the hub can tell its owner and settle its escrow."""
+
+    def __init__(self, job_id: str, owner: str, state: JobState, reason: str) -> None:
+        super().__init__(
+            f"job {job_id} cannot be read back: its stored spec fails validation ({reason})",
+            field="job_id",
+        )
+        self.job_id = job_id
+        self.owner = owner
+        self.state = state
+        self.reason = reason
+
+    @property
+    def job_error(self) -> str:
+        """What the job is failed with (``Store.fail_job``), for its owner to read."""
+        return f"the hub cannot read it back: its stored spec fails validation ({self.reason})"
+
+
 @dataclass
 class Changes:
     """One unit of work, applied all or nothing by ``Store.apply``.
 
     Jobs, tasks and rounds are updates checked against their ``version``; checkpoint links, new
     rounds and round updates are inserts (``Conflict`` if the key is taken); work records are
-    upserts keyed by (task_id, attempt).
+    upserts keyed by (task_id, attempt). ``rejected_checkpoints`` are stored links, by (task_id,
+    seq), whose ``rejected`` reason is set (``NotFound`` if one is not stored); nothing else of a
+    stored link ever changes.
     """
 
     jobs: list[Job] = field(default_factory=list)
     tasks: list[Task] = field(default_factory=list)
     checkpoints: list[CheckpointLink] = field(default_factory=list)
+    rejected_checkpoints: list[CheckpointLink] = field(default_factory=list)
     work: list[Work] = field(default_factory=list)
     new_rounds: list[Round] = field(default_factory=list)
     rounds: list[Round] = field(default_factory=list)
@@ -80,7 +107,12 @@ class Store(Protocol):
     def get_job(self, job_id: str) -> Job: ...
 
     def list_jobs(self, owner: str) -> list[Job]:
-        """The owner's jobs, newest first."""
+        """The owner's jobs, newest first; one that is ``UnreadableJob`` is left out."""
+
+    def fail_job(self, job_id: str, error: str, now: float) -> None:
+        """Fail a job with ``error`` and cancel its queued and running tasks, in one transaction,
+        without reading its spec (so it works on an ``UnreadableJob``); a job already over is left
+        as it is. ``NotFound`` if there is no such job."""
 
     def get_task(self, task_id: str) -> Task: ...
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
+from pydantic import ValidationError
 from sqlalchemy import (
     Connection,
     Engine,
@@ -38,6 +39,7 @@ from lumbung.errors import Conflict, NotFound, StaleWrite
 from lumbung.market.model import (
     CheckpointLink,
     Job,
+    JobState,
     LogRecord,
     Node,
     Round,
@@ -49,7 +51,8 @@ from lumbung.market.model import (
 )
 from lumbung.store import tables as t
 from lumbung.store.ledger_sql import SqlLedgerStore
-from lumbung.store.protocol import Changes
+from lumbung.store.protocol import Changes, UnreadableJob
+from lumbung.wire.spec import rejected_from_validation
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
@@ -247,7 +250,7 @@ class SqlStore:
         rows = self._rows(_JOB_BY_ID, {"id": job_id})
         if not rows:
             raise NotFound(f"no job {job_id}")
-        return t.job_from_row(rows[0])
+        return _job_from_row(rows[0])
 
     def list_jobs(self, owner: str) -> list[Job]:
         jobs = t.jobs
@@ -256,7 +259,43 @@ class SqlStore:
             .where(jobs.c.owner == owner)
             .order_by(jobs.c.created_at.desc(), jobs.c.id.desc())
         )
-        return [t.job_from_row(r) for r in self._rows(stmt)]
+        listed = []
+        for row in self._rows(stmt):
+            try:
+                listed.append(_job_from_row(row))
+            except UnreadableJob:
+                continue  # one bad row must not hide the owner's other jobs
+        return listed
+
+    def fail_job(self, job_id: str, error: str, now: float) -> None:
+        jc, live = t.jobs.c, (JobState.QUEUED.value, JobState.RUNNING.value)
+        unfinished = (TaskState.QUEUED.value, TaskState.RUNNING.value)
+        with self._engine.begin() as conn:
+            failed = conn.execute(
+                update(t.jobs)
+                .where(jc.id == job_id, jc.state.in_(live))
+                .values(
+                    state=JobState.FAILED.value,
+                    error=error,
+                    waiting_reason=None,
+                    updated_at=now,
+                    version=jc.version + 1,
+                )
+            )
+            if failed.rowcount == 0:
+                if conn.execute(select(jc.id).where(jc.id == job_id)).first() is None:
+                    raise NotFound(f"no job {job_id}")
+                return  # already over
+            conn.execute(
+                update(_T)
+                .where(_T.c.job_id == job_id, _T.c.state.in_(unfinished))
+                .values(
+                    state=TaskState.CANCELLED.value,
+                    lease_expires_at=None,
+                    updated_at=now,
+                    version=_T.c.version + 1,
+                )
+            )
 
     def get_task(self, task_id: str) -> Task:
         rows = self._rows(_TASK_BY_ID, {"id": task_id})
@@ -305,6 +344,8 @@ class SqlStore:
             _update_versioned(conn, t.tasks, "task", [t.task_row(x) for x in changes.tasks])
             if changes.checkpoints:
                 self._insert_checkpoints(conn, changes.checkpoints)
+            if changes.rejected_checkpoints:
+                _reject_checkpoints(conn, changes.rejected_checkpoints)
             if changes.work:
                 self._upsert_work(conn, changes.work)
             self._write_rounds(conn, changes)
@@ -465,6 +506,15 @@ class SqlStore:
             return list(conn.execute(stmt, params).all())
 
 
+def _job_from_row(row: Any) -> Job:
+    """``tables.job_from_row``, or ``UnreadableJob`` for a spec that no longer validates."""
+    try:
+        return t.job_from_row(row)
+    except ValidationError as exc:
+        reason = rejected_from_validation(exc).message
+        raise UnreadableJob(row["id"], row["owner"], JobState(row["state"]), reason) from exc
+
+
 def _update_versioned(
     conn: Connection, table: Table, kind: str, rows: list[dict[str, Any]]
 ) -> None:
@@ -486,6 +536,15 @@ def _update_versioned(
     # Many rows (a job cancelled whole): one executemany; both drivers report the summed count.
     if conn.execute(stmt, params).rowcount != len(params):
         _raise_stale(conn, table, kind, [p["b_id"] for p in params])
+
+
+def _reject_checkpoints(conn: Connection, links: list[CheckpointLink]) -> None:
+    """Set each stored link's ``rejected`` reason; ``NotFound`` (rolling back) for a missing one."""
+    for link in links:
+        where = (_CP.c.task_id == link.task_id, _CP.c.seq == link.seq)
+        result = conn.execute(update(_CP).where(*where).values(rejected=link.rejected))
+        if result.rowcount != 1:
+            raise NotFound(f"no checkpoint link {link.seq} of task {link.task_id}")
 
 
 def _raise_stale(conn: Connection, table: Table, kind: str, ids: list[str]) -> None:

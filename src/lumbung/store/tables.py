@@ -149,6 +149,7 @@ checkpoints = Table(
     Column("runtime_s", Double, nullable=False),
     Column("kept_s", Double, nullable=False),
     Column("created_at", Double, nullable=False),
+    Column("rejected", Text, nullable=True),  # why a later node could not restore it
 )
 
 work = Table(

@@ -2,19 +2,33 @@
 
 These are the shapes on the wire, kept apart from the domain records (``lumbung.market.model``) and
 the stored rows (``lumbung.store``). Times are Unix seconds (float); money is integer micro-credits.
+
+What the hub takes in (registrations, reports, specs) is ``Inbound``: no NUL byte, non-finite
+number or integer beyond 64 bits gets past it, times and counts are bounded by what they mean, and
+a node's inventory (served to everyone) is bounded in every string and list, so nothing a node or
+consumer sends can fail in the store. What the hub sends out is ``Model``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from lumbung.wire.spec import JobSpec, Scalar
+from lumbung.wire.fields import INT32_MAX, Inbound
+from lumbung.wire.spec import MAX_RUNTIME_S, JobSpec, Scalar
 from lumbung.wire.train import TrainSpec
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Progress = Annotated[float, Field(ge=0.0, le=1.0)]
+# Attempts are the store's 32-bit integers; no task gets near this many.
+Attempt = Annotated[int, Field(ge=1, le=INT32_MAX)]
+# Seconds into an attempt, as a node reports them: never beyond the longest time limit a job may
+# set, plus an hour for a node's own limit and its report to arrive.
+RuntimeS = Annotated[float, Field(ge=0.0, le=MAX_RUNTIME_S + 3600)]
+# Memory and disk in MiB: an exbibyte is beyond any machine.
+Mib = Annotated[int, Field(ge=0, le=2**40)]
+TaskId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Model(BaseModel):
@@ -24,38 +38,47 @@ class Model(BaseModel):
 # --- nodes ------------------------------------------------------------------------------------
 
 
-class GpuInfo(Model):
+class GpuInfo(Inbound):
     model: Annotated[str, Field(min_length=1, max_length=200)]
-    memory_mib: Annotated[int, Field(ge=0)]
-    driver: str = ""
-    cuda_capability: str = ""
+    memory_mib: Mib
+    driver: Annotated[str, Field(max_length=100)] = ""
+    cuda_capability: Annotated[str, Field(max_length=16)] = ""
 
 
-class Isolation(Model):
+# How far a node keeps a task from the rest of its machine, weakest first (see the threat model):
+# "process": a process group under resource limits, seeing the host's files as the node's user;
+# "sandbox": namespaces of its own (bubblewrap or a container): only its own files, no host
+# sockets, no other task, a fresh /proc, nothing outliving it.
+IsolationLevel = Literal["process", "sandbox"]
+ISOLATION_RANK: dict[str, int] = {"process": 0, "sandbox": 1}
+
+
+class Isolation(Inbound):
     runner: Literal["process", "container"] = "process"
+    level: IsolationLevel = "process"
     # "netns": tasks without network get a fresh network namespace; "none": they share the host's.
     network: Literal["netns", "none"] = "none"
-    notes: list[str] = Field(default_factory=list)
+    notes: list[Annotated[str, Field(max_length=500)]] = Field(default_factory=list, max_length=16)
 
 
 JobKind = Literal["run", "train"]
 _RUN_ONLY: tuple[JobKind, ...] = ("run",)
 
 
-class Inventory(Model):
+class Inventory(Inbound):
     gpus: list[GpuInfo] = Field(default_factory=list, max_length=64)
     cpus: Annotated[int, Field(ge=1, le=4096)]
-    memory_mib: Annotated[int, Field(ge=0)]
-    disk_free_mib: Annotated[int, Field(ge=0)]
-    os: str = ""
-    python: str = ""
-    torch: str | None = None
+    memory_mib: Mib
+    disk_free_mib: Mib
+    os: Annotated[str, Field(max_length=200)] = ""
+    python: Annotated[str, Field(max_length=100)] = ""
+    torch: Annotated[str, Field(max_length=100)] | None = None
     isolation: Isolation = Field(default_factory=Isolation)
     # The job kinds this node can run; a node offers "train" once it has a training runner.
     kinds: list[JobKind] = Field(default_factory=lambda: list(_RUN_ONLY), max_length=2)
 
 
-class NodeRegister(Model):
+class NodeRegister(Inbound):
     name: Annotated[str, Field(min_length=1, max_length=100)]
     inventory: Inventory
     price_micro_per_gpu_hour: Annotated[int, Field(ge=0, le=10**15)]
@@ -76,13 +99,13 @@ class NodeView(Model):
     draining: bool = False
 
 
-class TaskReport(Model):
-    task_id: str
-    attempt: Annotated[int, Field(ge=1)]
+class TaskReport(Inbound):
+    task_id: TaskId
+    attempt: Attempt
     progress: Progress = 0.0
 
 
-class HeartbeatRequest(Model):
+class HeartbeatRequest(Inbound):
     tasks: list[TaskReport] = Field(default_factory=list, max_length=256)
     free_slots: Annotated[int, Field(ge=0, le=256)] = 0
     draining: bool = False
@@ -98,7 +121,7 @@ class HeartbeatResponse(Model):
 # --- tasks, from the node's side ------------------------------------------------------------------
 
 
-class ClaimRequest(Model):
+class ClaimRequest(Inbound):
     wait_s: Annotated[float, Field(ge=0.0, le=120.0)] = 10.0
 
 
@@ -119,6 +142,9 @@ class Assignment(Model):
     env: dict[str, str]
     # The checkpoint to restore before starting, when the task resumes after a failure.
     resume_from: Sha256 | None
+    # Earlier links of the task's checkpoint chain, newest first: what the node falls back to,
+    # in order, when resume_from does not restore (see ResumeFailed).
+    resume_chain: list[Sha256] = Field(default_factory=list, max_length=8)
     lease_expires_at: float
     kind: JobKind = "run"
     train: TrainSpec | None = None  # kind train: what the worker trains (its shard is params)
@@ -128,21 +154,40 @@ class ClaimResponse(Model):
     assignment: Assignment | None
 
 
-class LogChunk(Model):
-    attempt: Annotated[int, Field(ge=1)]
+class LogChunk(Inbound):
+    attempt: Attempt
     stream: Literal["stdout", "stderr"]
     text: Annotated[str, Field(max_length=256 * 1024)]
 
+    @field_validator("text", mode="before")
+    @classmethod
+    def _replace_nul(cls, text: object) -> object:
+        # A task may print anything; what the store keeps (PostgreSQL text cannot hold NUL) and
+        # what readers see is its output with each NUL as U+FFFD, not a refused chunk.
+        return text.replace("\x00", "\ufffd") if isinstance(text, str) else text
 
-class CheckpointReport(Model):
-    attempt: Annotated[int, Field(ge=1)]
+
+class CheckpointReport(Inbound):
+    attempt: Attempt
     sha256: Sha256
     size_bytes: Annotated[int, Field(ge=0)]
     # The hash of the checkpoint this one follows in the task's chain; None for the first.
     prev_sha256: Sha256 | None
     progress: Progress = 0.0
     # Seconds this attempt had run when the checkpoint was taken.
-    runtime_s: Annotated[float, Field(ge=0.0)]
+    runtime_s: RuntimeS
+
+
+class ResumeFailed(Inbound):
+    """The node could not restore ``failed`` (a checkpoint of the task's chain) and resumed from
+    ``resumed_from`` instead: an earlier link of the chain, or None for a fresh start. The hub
+    moves the chain's end back to ``resumed_from`` and does not pay the time the failed links
+    claimed to keep (``POST /v1/tasks/{id}/resume-failed``)."""
+
+    attempt: Attempt
+    failed: list[Sha256] = Field(min_length=1, max_length=9)
+    resumed_from: Sha256 | None
+    reason: Annotated[str, Field(max_length=1000)]
 
 
 class RoundInfo(Model):
@@ -163,19 +208,19 @@ class RoundInfo(Model):
     previous_base_sha: Sha256 | None
 
 
-class RoundUpdateReport(Model):
+class RoundUpdateReport(Inbound):
     """A worker's pseudo-gradient for a round, uploaded as a blob first (lumbung.train.codec)."""
 
-    attempt: Annotated[int, Field(ge=1)]
+    attempt: Attempt
     sha256: Sha256
     base_sha: Sha256  # the full weights it trained from; must be the round's base
     initial_sha: Sha256 | None = None  # round 0 only: the seeded initial weights it started from
     tokens: Annotated[int, Field(ge=0, le=10**15)]
     inner_steps: Annotated[int, Field(ge=1, le=10**7)]
-    train_loss: Annotated[float, Field(allow_inf_nan=False)]
-    base_val_loss: Annotated[float | None, Field(allow_inf_nan=False)] = None
+    train_loss: float
+    base_val_loss: float | None = None
     bytes_down: Annotated[int, Field(ge=0, le=10**15)]
-    runtime_s: Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+    runtime_s: RuntimeS
     device: Annotated[str, Field(pattern=r"^[a-z0-9:_-]{1,32}$")] = "cpu"  # where it trained
 
 
@@ -192,31 +237,32 @@ class RoundView(Model):
     devices: list[str] = Field(default_factory=list)  # where each update's inner steps ran
 
 
-class TaskComplete(Model):
-    attempt: Annotated[int, Field(ge=1)]
-    exit_code: int
+class TaskComplete(Inbound):
+    attempt: Attempt
+    # Stored in a 32-bit column; a process's status (or minus its signal) is far inside it.
+    exit_code: Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)]
     outputs: dict[str, Sha256] = Field(default_factory=dict)
-    runtime_s: Annotated[float, Field(ge=0.0)]
+    runtime_s: RuntimeS
     # Why it failed, in the node's words (timeout, killed, missing output...); None on success.
     error: Annotated[str, Field(max_length=4000)] | None = None
 
 
-class TaskRelease(Model):
+class TaskRelease(Inbound):
     """The node gives a task back without blame (it is draining); the task requeues at once."""
 
-    attempt: Annotated[int, Field(ge=1)]
-    runtime_s: Annotated[float, Field(ge=0.0)]
+    attempt: Attempt
+    runtime_s: RuntimeS
     reason: Annotated[str, Field(max_length=1000)] = "node draining"
 
 
 # --- jobs, from the consumer's side ---------------------------------------------------------------
 
 
-class PlanRequest(Model):
+class PlanRequest(Inbound):
     spec: JobSpec
 
 
-class JobSubmit(Model):
+class JobSubmit(Inbound):
     spec: JobSpec
     # Standard base64 of the consumer's signed escrow_lock leaf (lumbung.ledger.entries.leaf_bytes)
     # for the job's worst case; its job_id becomes the job's id.
@@ -253,6 +299,8 @@ class CheckpointView(Model):
     progress: float
     kept_s: float
     created_at: float
+    # Why a later node could not restore it; a rejected link is off the chain and unpaid.
+    rejected: str | None = None
 
 
 class TaskView(Model):

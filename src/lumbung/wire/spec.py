@@ -14,17 +14,29 @@ from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+    model_validator,
+)
 
 from lumbung.errors import Rejected
-from lumbung.wire.fields import Strict, entry_point, finite, sha256_hex
+from lumbung.wire.fields import Strict, entry_point, refusal, sha256_hex
 from lumbung.wire.train import TrainSpec
 
 MAX_TASKS_PER_JOB = 10_000
+MAX_RUNTIME_S = 7 * 24 * 3600  # the longest max_runtime_s a job may ask for
+# The ledger's largest amount (lumbung.ledger.entries.MAX_AMOUNT_MICRO, which the wire cannot
+# import; a test holds the two equal): a job whose worst case is more could never be locked.
+MAX_ESCROW_MICRO = 10**15
+_SECONDS_PER_HOUR = 3600
 _ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _PARAM_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Scalar = str | int | float | bool
+_SCALAR_MEMBERS = ("str", "int", "float", "bool")
 
 
 def _safe_relative(path: str, what: str) -> str:
@@ -41,7 +53,10 @@ class Resources(Strict):
     gpu_memory_gb: Annotated[float, Field(ge=0, le=4096)] = 0.0
     cpus: Annotated[int, Field(ge=1, le=1024)] = 1
     memory_gb: Annotated[float, Field(gt=0, le=16384)] = 1.0
-    disk_gb: Annotated[float, Field(ge=0, le=1_000_000)] = 1.0
+    disk_gb: Annotated[float, Field(gt=0, le=1_000_000)] = 1.0
+    # The least isolation a node must give the task (lumbung.wire.api.IsolationLevel): "sandbox"
+    # keeps its files from the other tasks on the node; "process" accepts any node.
+    isolation: Literal["process", "sandbox"] = "process"
 
     @field_validator("gpu_models")
     @classmethod
@@ -50,11 +65,6 @@ class Resources(Strict):
             if not m.strip():
                 raise ValueError("GPU model names must not be empty")
         return models
-
-    @field_validator("gpu_memory_gb", "memory_gb", "disk_gb")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        return finite(v)
 
 
 class InputSpec(Strict):
@@ -97,10 +107,10 @@ class JobSpec(Strict):
     inputs: list[InputSpec] = Field(default_factory=list)
     outputs: list[str] = Field(default_factory=list, description="files the task leaves behind")
     resources: Resources = Field(default_factory=Resources)
-    max_price_micro_per_hour: Annotated[int, Field(ge=0, le=10**15)] = Field(
+    max_price_micro_per_hour: Annotated[int, Field(le=10**15)] = Field(
         description="the most one task may cost per hour, in micro-credits"
     )
-    max_runtime_s: Annotated[int, Field(ge=1, le=7 * 24 * 3600)] = 3600
+    max_runtime_s: Annotated[int, Field(ge=1, le=MAX_RUNTIME_S)] = 3600
     retries: Annotated[int, Field(ge=0, le=20)] = 2
     checkpoint_interval_s: Annotated[int, Field(ge=1, le=24 * 3600)] = 30
     count: Annotated[int, Field(ge=1, le=MAX_TASKS_PER_JOB)] = 1
@@ -115,6 +125,16 @@ class JobSpec(Strict):
             raise ValueError("must name a program")
         return v
 
+    @field_validator("max_price_micro_per_hour")
+    @classmethod
+    def _lockable_price(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError(
+                "must be at least 1: submitting locks the job's worst case at this price in "
+                "escrow, and the ledger locks at least one micro-credit"
+            )
+        return v
+
     @field_validator("entrypoint")
     @classmethod
     def _entrypoint_form(cls, v: str | None) -> str | None:
@@ -124,6 +144,24 @@ class JobSpec(Strict):
     @classmethod
     def _outputs_safe(cls, v: list[str]) -> list[str]:
         return [_safe_relative(p, "output path") for p in v]
+
+    @field_validator("grid", mode="wrap")
+    @classmethod
+    def _grid_values(
+        cls, grid: object, handler: ValidatorFunctionWrapHandler
+    ) -> dict[str, list[Scalar]]:
+        try:
+            values: dict[str, list[Scalar]] = handler(grid)
+        except ValidationError as exc:
+            # A value of no scalar type fails each member of the union (grid.x.0.str, .int...):
+            # said once, at the value. Only a failure pays for this; a big grid is read often.
+            first = exc.errors()[0]
+            loc = first["loc"]
+            if len(loc) == 3 and loc[-1] in _SCALAR_MEMBERS:
+                message = "must be a string, a number or a boolean"
+                raise refusal(loc[:2], message, first["input"]) from exc
+            raise
+        return values
 
     @field_validator("grid")
     @classmethod
@@ -156,7 +194,24 @@ class JobSpec(Strict):
             raise ValueError("input names must be unique")
         if self.task_count() > MAX_TASKS_PER_JOB:
             raise ValueError(f"count x grid gives more than {MAX_TASKS_PER_JOB} tasks")
+        self._check_lockable()
         return self
+
+    def _check_lockable(self) -> None:
+        """The escrow locks every task at the price limit for its whole time limit, rounded up
+        per task (as ``lumbung.market.plan.escrow_micro`` counts it); the ledger cannot hold an
+        amount beyond ``MAX_ESCROW_MICRO``."""
+        per_task = -(-self.max_price_micro_per_hour * self.max_runtime_s // _SECONDS_PER_HOUR)
+        worst = self.task_count() * per_task
+        if worst > MAX_ESCROW_MICRO:
+            raise refusal(
+                ("max_price_micro_per_hour",),
+                f"the job's worst case, {self.task_count()} task(s) x {self.max_runtime_s} s at "
+                f"{self.max_price_micro_per_hour} micro-credits/hour = {worst}, is more than "
+                f"the ledger can lock ({MAX_ESCROW_MICRO}): lower the price, the time limit or "
+                "the task count",
+                self.max_price_micro_per_hour,
+            )
 
     def _check_train(self) -> None:
         if self.train is None:

@@ -14,9 +14,12 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from lumbung.ids import is_object_id
-from lumbung.wire.fields import Strict, entry_point, finite, sha256_hex
+from lumbung.wire.fields import INT64_MAX, Strict, entry_point, refusal, sha256_hex
 
 MODELS = ("llama-char", "custom")
+# Rounds a job may train for, given as rounds or reached through token_budget: round indices are
+# the store's 32-bit integers, and no real run comes near this.
+MAX_ROUNDS = 100_000
 DATASETS = ("shakespeare", "text")
 
 
@@ -106,14 +109,9 @@ class InnerSpec(Strict):
 
     kind: Literal["adamw", "sgd"] = "adamw"
     lr: Annotated[float, Field(gt=0, le=10)] = 3e-3
-    warmup_steps: Annotated[int, Field(ge=0)] = 50  # linear warm-up from 0, then constant
+    warmup_steps: Annotated[int, Field(ge=0, le=10**9)] = 50  # linear warm-up from 0, then constant
     weight_decay: Annotated[float, Field(ge=0, le=1)] = 0.1
     batch_size: Annotated[int, Field(ge=1, le=4096)] = 16
-
-    @field_validator("lr", "weight_decay")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        return finite(v)
 
 
 class OuterSpec(Strict):
@@ -138,11 +136,11 @@ class TrainSpec(Strict):
     inner_steps: Annotated[int, Field(ge=1, le=100_000, description="H")] = 50
     inner: InnerSpec = Field(default_factory=lambda: InnerSpec())
     outer: OuterSpec = Field(default_factory=lambda: OuterSpec())
-    rounds: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    rounds: Annotated[int, Field(ge=1, le=MAX_ROUNDS)] | None = None
     token_budget: Annotated[int, Field(ge=1)] | None = None  # tokens over all workers
     compression: CompressionSpec = Field(default_factory=lambda: CompressionSpec())
     round_deadline_s: Annotated[float, Field(gt=0, le=86_400)] = 600.0
-    seed: int = 0
+    seed: Annotated[int, Field(ge=0, le=INT64_MAX)] = 0  # numpy's generators take no negative
     # Start from where an earlier train job of yours stopped (its last weights and outer
     # momentum): a cancelled or failed job resumed as a new one. Same model and dataset.
     resume_from: str | None = None
@@ -158,6 +156,13 @@ class TrainSpec(Strict):
     def _one_stopping_rule(self) -> TrainSpec:
         if (self.rounds is None) == (self.token_budget is None):
             raise ValueError("give exactly one of rounds and token_budget")
+        if self.total_rounds() > MAX_ROUNDS:
+            raise refusal(
+                ("token_budget",),
+                f"gives {self.total_rounds()} rounds of {self.tokens_per_round()} tokens; "
+                f"at most {MAX_ROUNDS}",
+                self.token_budget,
+            )
         return self
 
     def tokens_per_round(self) -> int:

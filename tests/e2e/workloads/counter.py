@@ -16,13 +16,12 @@ state_file = Path(os.environ["LUMBUNG_CHECKPOINT_DIR"]) / "state.json"
 start = json.loads(state_file.read_text())["done"] if state_file.exists() else 0
 print(f"starting at step {start} of {steps} on attempt {os.environ['LUMBUNG_ATTEMPT']}", flush=True)
 if os.environ.get("LUMBUNG_PARAM_CHILD") == "1":
-    # A grandchild in the task's process group, to show that cancelling kills the whole group.
-    child = os.fork()
-    if child == 0:
-        time.sleep(600)
-        sys.exit(0)
-    Path("child.pid").write_text(str(child))
-    print(f"child pid {child}", flush=True)
+    # A grandchild, to show that cancelling kills all the task started. Pids inside a sandbox
+    # are not the host's, so the test finds it by a marker in its command line.
+    marker = f"599.{os.getpid()}{int(time.time() * 1000) % 10**9}"
+    if os.fork() == 0:
+        os.execvp("sleep", ["sleep", marker])
+    print(f"child marker {marker}", flush=True)
 for done in range(start + 1, steps + 1):
     time.sleep(step_s)
     tmp = state_file.with_suffix(".tmp")

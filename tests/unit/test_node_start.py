@@ -1,0 +1,53 @@
+"""A node starts sandboxed, refuses to start unsandboxed, unless its provider says so."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from lumbung.cli.main import app
+from lumbung.config import NodeConfig
+from lumbung.errors import ConfigError
+from lumbung.node.agent import _make_runner
+from lumbung.node.sandbox import ProcessRunner
+
+
+@pytest.fixture
+def no_bwrap(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A machine without bubblewrap on its PATH."""
+    monkeypatch.setattr("lumbung.node.bwrap.shutil.which", lambda name: None)
+
+
+def test_a_node_without_bubblewrap_refuses_to_start(tmp_path: Path, no_bwrap: None) -> None:
+    with pytest.raises(ConfigError, match="--allow-unsandboxed") as caught:
+        _make_runner(NodeConfig(data_dir=tmp_path))
+    assert "bubblewrap is not installed" in caught.value.message
+
+
+def test_the_cli_says_why_and_exits_non_zero(tmp_path: Path, no_bwrap: None) -> None:
+    result = CliRunner().invoke(
+        app, ["node", "start", "--hub", "http://127.0.0.1:9", "--data-dir", str(tmp_path)]
+    )
+    assert result.exit_code == 1
+    assert "refusing to run tasks without a sandbox" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_allowed_to_run_unsandboxed_it_reports_the_process_level(
+    tmp_path: Path, no_bwrap: None
+) -> None:
+    runner, isolation = _make_runner(NodeConfig(data_dir=tmp_path, allow_unsandboxed=True))
+    assert isinstance(runner, ProcessRunner)
+    assert isolation.level == "process"
+    assert any("bubblewrap is not installed" in note for note in isolation.notes)
+
+
+def test_with_bubblewrap_the_node_reports_the_sandbox_level(
+    tmp_path: Path, sandbox_runner: Any
+) -> None:
+    _, isolation = _make_runner(NodeConfig(data_dir=tmp_path, allow_unsandboxed=True))
+    assert isolation.level == "sandbox"
+    assert isolation.network == "netns"
