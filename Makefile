@@ -37,9 +37,12 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
+# In-process tests on both cores; then, one at a time, those that run real processes and time
+# them (benchmark smoke tests, end-to-end), which must not compete with each other for the CPU.
 test: lint sandbox
 	bash scripts/check-postgres
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 tests/unit tests/integration
+	$(BIN)/pytest -q tests/bench tests/e2e
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dispatch.py

@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -38,8 +39,9 @@ from lumbung.ledger.entries import (
     verify_entry,
 )
 
-ALICE = Identity.generate()
-BOB = Identity.generate()
+# Fixed keys: test ids are built from them, and every pytest-xdist worker must see the same.
+ALICE = Identity(Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32))
+BOB = Identity(Ed25519PrivateKey.from_private_bytes(bytes([2]) * 32))
 JOB = "job_aaaaaaaaaaaaaaaa"
 TASK = "task_bbbbbbbbbbbbbbbb"
 AT_MS = 1_700_000_000_000

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -27,8 +28,9 @@ from lumbung.errors import Unauthenticated
 
 NOW = 1_700_000_000
 MAX_AGE_S = 300
-ALICE = Identity.generate()
-MALLORY = Identity.generate()
+# Fixed keys: test ids are built from them, and every pytest-xdist worker must see the same.
+ALICE = Identity(Ed25519PrivateKey.from_private_bytes(bytes([1]) * 32))
+MALLORY = Identity(Ed25519PrivateKey.from_private_bytes(bytes([3]) * 32))
 
 # RFC 9421 appendix B.1.4, test-key-ed25519.
 RFC_TEST_KEY_ED25519 = b"""-----BEGIN PRIVATE KEY-----

@@ -70,7 +70,7 @@ def test_throughput_benchmark_drains_every_task_and_compares_to_bare_fastapi(
     sqlite = report["hub"]["sqlite"]
     assert sqlite["tasks_completed"] == 100
     assert sqlite["all_jobs_succeeded"] is True
-    assert sqlite["errors"] == 0
+    assert sqlite["errors"] == 0, sqlite["first_errors"]
     assert sqlite["tasks_per_s"] > 0 and sqlite["ratio_to_bare"] > 0
     postgres = report["hub"]["postgres"]
     # PostgreSQL may be absent on a developer's machine; then the report says why.
