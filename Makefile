@@ -37,12 +37,14 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-# In-process tests on both cores; then, one at a time, those that run real processes and time
-# them (benchmark smoke tests, end-to-end), which must not compete with each other for the CPU.
+# In-process tests on both cores. End-to-end tests two at a time, the CPU-heavy training ones
+# one after another on one worker (--dist loadgroup, xdist_group "training"). Benchmark smoke
+# tests last and alone: they time what they run.
 test: lint sandbox
 	bash scripts/check-postgres
 	$(BIN)/pytest -q -n 2 tests/unit tests/integration
-	$(BIN)/pytest -q tests/bench tests/e2e
+	$(BIN)/pytest -q -n 2 --dist loadgroup tests/e2e
+	$(BIN)/pytest -q tests/bench
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dispatch.py

@@ -123,8 +123,9 @@ class NodeConfig:
     allow_unsandboxed: bool = False
     # Processes and threads one task may run at once.
     task_max_processes: int = 512
-    # A root node runs task slot i as uid and gid task_uid_base + i, never as root.
-    task_uid_base: int = 200_000
+    # A root node runs task slot i as uid and gid task_uid_base + i, never as root; 0 derives
+    # the base from the data directory, so that nodes on one machine use uids of their own.
+    task_uid_base: int = 0
     # How long finished outputs and reports are kept and retried while the hub is unreachable.
     hub_patience_s: float = 900.0
 

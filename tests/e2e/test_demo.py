@@ -8,7 +8,9 @@ import sys
 
 import pytest
 
-pytestmark = pytest.mark.e2e
+# Training saturates the CPU: these run one after another on one worker (make test's
+# --dist loadgroup), beside the lighter end-to-end tests, never beside each other.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("training")]
 
 
 def test_the_demo_resumes_the_killed_task_and_settles_every_credit() -> None:

@@ -77,7 +77,10 @@ def _get(port: int, path: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("block", ["by-hand", "train", "witness"])
+@pytest.mark.parametrize(
+    "block",
+    ["by-hand", pytest.param("train", marks=pytest.mark.xdist_group("training")), "witness"],
+)
 def test_readme_shell_blocks_run_as_written(
     workdir: tuple[Path, dict[str, str], int], block: str
 ) -> None:

@@ -14,7 +14,9 @@ from lumbung.train.codec import decode
 from lumbung.train.data import default_cache_dir, fetch_sdist, read_works
 from lumbung.wire.spec import validate_spec
 
-pytestmark = pytest.mark.e2e
+# Training saturates the CPU: these run one after another on one worker (make test's
+# --dist loadgroup), beside the lighter end-to-end tests, never beside each other.
+pytestmark = [pytest.mark.e2e, pytest.mark.xdist_group("training")]
 
 # A model small enough that three CPU workers finish a round in a few seconds.
 TINY_MODEL = {"dim": 32, "layers": 1, "heads": 2, "context": 32, "mlp_hidden": 64}

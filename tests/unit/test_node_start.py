@@ -51,3 +51,12 @@ def test_with_bubblewrap_the_node_reports_the_sandbox_level(
     _, isolation = _make_runner(NodeConfig(data_dir=tmp_path, allow_unsandboxed=True))
     assert isolation.level == "sandbox"
     assert isolation.network == "netns"
+
+
+def test_nodes_on_one_machine_run_their_tasks_as_different_uids(tmp_path: Path) -> None:
+    from lumbung.node.bwrap import derived_uid_base
+
+    bases = {derived_uid_base(tmp_path / f"node-{i}") for i in range(8)}
+    assert len(bases) == 8
+    assert all(base >= 200_000 and (base - 200_000) % 512 == 0 for base in bases)
+    assert derived_uid_base(tmp_path / "node-0") == derived_uid_base(tmp_path / "node-0")

@@ -19,7 +19,7 @@ from lumbung.client import NodeSession
 from lumbung.config import NodeConfig
 from lumbung.crypto.keys import Identity
 from lumbung.errors import ConfigError, NotFound, Unavailable
-from lumbung.node.bwrap import SandboxPolicy, find_bwrap
+from lumbung.node.bwrap import SandboxPolicy, derived_uid_base, find_bwrap
 from lumbung.node.inventory import collect_inventory
 from lumbung.node.sandbox import ProcessRunner, Runner, probe_isolation
 from lumbung.node.task_run import TaskRun
@@ -240,7 +240,7 @@ def _make_runner(config: NodeConfig) -> tuple[Runner, Isolation]:
     if config.runner == "process":
         policy = SandboxPolicy(
             max_processes=config.task_max_processes,
-            task_uid_base=config.task_uid_base,
+            task_uid_base=config.task_uid_base or derived_uid_base(config.data_dir),
             slots=config.slots,
         )
         sandbox, why_not = find_bwrap(policy, config.data_dir)
