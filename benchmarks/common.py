@@ -13,10 +13,8 @@ import os
 import platform
 import pstats
 import secrets
-import signal
 import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -33,17 +31,16 @@ from sqlalchemy.pool import NullPool
 from lumbung.client.consumer import Client
 from lumbung.client.node_session import NodeSession
 from lumbung.crypto.keys import Identity
+from lumbung.demo.cluster import HOST, Process, wait_for_port
 from lumbung.wire.api import Inventory, NodeRegister
 from lumbung.wire.spec import JobSpec
 
-HOST = "127.0.0.1"
 BENCH_DIR = Path(__file__).resolve().parent
 DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 # A server that has not published its port by then failed to start (its log says why).
 _START_TIMEOUT_S = 60.0
 # uvicorn finishes open requests on SIGTERM; a server still alive after this is killed.
 _STOP_TIMEOUT_S = 15.0
-_CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 # Credits each benchmark consumer gets: far more than any benchmark's escrow needs.
 FAUCET_MICRO = 10**12
 
@@ -100,33 +97,26 @@ def latency_summary_ms(latencies_s: Sequence[float]) -> dict[str, float | int]:
 
 @dataclass
 class ServerProcess:
-    """A server on 127.0.0.1 in a child process, and what it cost in CPU."""
+    """A server on 127.0.0.1 in a child process (``lumbung.demo.cluster``, the launcher the demo
+    and the e2e tests use too), and what it cost in CPU."""
 
-    proc: subprocess.Popen[bytes]
+    process: Process
     url: str
-    log_path: Path
 
     @property
     def pid(self) -> int:
-        return self.proc.pid
+        return self.process.pid
+
+    @property
+    def log_path(self) -> Path:
+        return self.process.log_path
 
     def cpu_s(self) -> float:
-        """User plus system CPU seconds the process has used so far (Linux /proc)."""
-        stat = Path(f"/proc/{self.pid}/stat").read_text()
-        # The command name (field 2) may hold spaces; the fields after its ")" are fixed.
-        fields = stat[stat.rindex(")") + 2 :].split()
-        utime_ticks, stime_ticks = int(fields[11]), int(fields[12])
-        return (utime_ticks + stime_ticks) / _CLOCK_TICKS_PER_S
+        """User plus system CPU seconds the server has used so far (Linux /proc)."""
+        return self.process.cpu_s()
 
     def stop(self) -> None:
-        if self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=_STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.process.stop(_STOP_TIMEOUT_S)
 
 
 def child_env() -> dict[str, str]:
@@ -137,38 +127,17 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def _wait_for_port(
-    proc: subprocess.Popen[bytes], port_file: Path, log_path: Path, timeout_s: float
-) -> int:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if port_file.exists():
-            return int(port_file.read_text())
-        if proc.poll() is not None:
-            break
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait()
-    tail = log_path.read_text(errors="replace")[-3000:]
-    raise RuntimeError(f"server did not publish its port in {port_file}; its log:\n{tail}")
-
-
 @contextlib.contextmanager
 def server_process(
     argv: list[str], port_file: Path, log_path: Path, *, start_timeout_s: float = _START_TIMEOUT_S
 ) -> Iterator[ServerProcess]:
     """``argv`` as a server process, yielded once it has published its port in ``port_file``."""
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            argv, stdout=log_file, stderr=subprocess.STDOUT, env=child_env(), cwd=BENCH_DIR.parent
-        )
-    server = ServerProcess(proc, "", log_path)
+    process = Process(log_path.stem, argv, log_path, env=child_env(), cwd=BENCH_DIR.parent)
     try:
-        port = _wait_for_port(proc, port_file, log_path, start_timeout_s)
-        server.url = f"http://{HOST}:{port}"
-        yield server
+        port = wait_for_port(process, port_file, start_timeout_s)
+        yield ServerProcess(process, f"http://{HOST}:{port}")
     finally:
-        server.stop()
+        process.stop(_STOP_TIMEOUT_S)
 
 
 # uvicorn re-raises the SIGTERM it caught once it has shut down; exiting through Python (not the

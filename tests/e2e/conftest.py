@@ -6,8 +6,6 @@ killed at teardown, whatever the test did.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -18,6 +16,8 @@ import pytest
 
 from lumbung.client import Client
 from lumbung.crypto.keys import Identity
+from lumbung.demo.cluster import Cluster as Processes
+from lumbung.demo.cluster import Process
 from lumbung.wire.api import JobView
 
 WORKLOADS = Path(__file__).parent / "workloads"
@@ -37,111 +37,50 @@ def _wait_for(predicate, timeout_s: float, what: str, poll_s: float = 0.1):  # t
     raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
-class Proc:
-    def __init__(self, argv: list[str], log: Path) -> None:
-        self.argv = argv
-        self.log = log
-        self.popen: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        out = self.log.open("ab")
-        self.popen = subprocess.Popen(
-            self.argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        out.close()
-
-    def signal(self, sig: int) -> None:
-        assert self.popen is not None
-        if self.popen.poll() is None:
-            os.killpg(self.popen.pid, sig)
-
-    def kill(self) -> None:
-        if self.popen is not None and self.popen.poll() is None:
-            os.killpg(self.popen.pid, signal.SIGKILL)
-            self.popen.wait(10)
-
-    def alive(self) -> bool:
-        return self.popen is not None and self.popen.poll() is None
-
-
-class Cluster:
-    """A hub and its nodes as real processes; a client signed with its own key."""
+class Cluster(Processes):
+    """A hub and its nodes as real processes (``lumbung.demo.cluster``); a client signed with
+    its own key. A hub started again keeps its port and data directory."""
 
     def __init__(self, root: Path, db_url: str) -> None:
-        self.root = root
+        super().__init__(root)
         self.db_url = db_url
-        self.port = 0
-        self.procs: list[Proc] = []
-        self.hub: Proc | None = None
-        self.nodes: dict[str, Proc] = {}
         self._client: Client | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return self.hub_url
 
-    def start_hub(self, witnesses: tuple[str, ...] = ()) -> None:
+    @property
+    def hub(self) -> Process | None:
+        return self.procs.get("hub")
+
+    @property
+    def nodes(self) -> dict[str, Process]:
+        return {name: p for name, p in self.procs.items() if name != "hub"}
+
+    def start_hub(self, witnesses: tuple[str, ...] = ()) -> None:  # type: ignore[override]
         """Start the hub, taking cosignatures from the ``witnesses`` (verifier keys) named."""
-        data = self.root / "hub"
-        port_file = data / "port"
-        port_file.unlink(missing_ok=True)
-        argv = [
-            sys.executable,
-            "-m",
-            "lumbung",
-            "hub",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--port",
-            str(self.port),
-            "--lease-timeout-s",
-            str(LEASE_TIMEOUT_S),
-            "--fee-bps",
-            str(FEE_BPS),
-            "--faucet-micro",
-            str(FAUCET_MICRO),
-        ]
+        flags = ["--lease-timeout-s", str(LEASE_TIMEOUT_S), "--fee-bps", str(FEE_BPS)]
+        flags += ["--faucet-micro", str(FAUCET_MICRO)]
         if self.db_url:
-            argv += ["--db", self.db_url]
+            flags += ["--db", self.db_url]
         for vkey in witnesses:
-            argv += ["--witness", vkey]
-        self.hub = Proc(argv, self.root / "hub.log")
-        self.hub.start()
-        self.procs.append(self.hub)
-        text = _wait_for(lambda: port_file.exists() and port_file.read_text(), 60, "hub port")
-        self.port = int(text)
+            flags += ["--witness", vkey]
+        super().start_hub(*flags)
 
-    def start_node(self, name: str, price_cpu: int = 10_000, slots: int = 1) -> Proc:
-        argv = [
-            sys.executable,
-            "-m",
-            "lumbung",
-            "node",
-            "start",
-            "--hub",
-            self.url,
-            "--data-dir",
-            str(self.root / name),
-            "--name",
+    def start_node(  # type: ignore[override]
+        self, name: str, price_cpu: int = 10_000, slots: int = 1
+    ) -> Process:
+        return super().start_node(
             name,
-            "--price-cpu-hour",
-            str(price_cpu),
-            "--heartbeat-s",
-            "0.5",
-            "--slots",
-            str(slots),
-            "--grace-s",
-            "5",
+            "--price-cpu-hour", str(price_cpu),
+            "--heartbeat-s", "0.5",
+            "--slots", str(slots),
+            "--grace-s", "5",
             # Sandboxed wherever bubblewrap runs (CI requires it: see the sandbox_runner
             # fixture); elsewhere the suite still runs, on plain processes.
             "--allow-unsandboxed",
-        ]
-        node = Proc(argv, self.root / f"{name}.log")
-        node.start()
-        self.procs.append(node)
-        self.nodes[name] = node
-        return node
+        )  # fmt: skip
 
     def wait_nodes_online(self, count: int) -> None:
         _wait_for(lambda: sum(n.online for n in self.client.nodes()) >= count, 60, f"{count} nodes")
@@ -156,18 +95,11 @@ class Cluster:
     def wait_job(self, job_id: str, timeout_s: float = 120) -> JobView:
         return self.client.wait(job_id, timeout_s=timeout_s, poll_s=0.2)
 
-    def logs(self) -> str:
-        return "\n".join(
-            f"--- {p.log.name}\n{p.log.read_text(errors='replace')[-3000:]}"
-            for p in self.procs
-            if p.log.exists()
-        )
-
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
-        for proc in self.procs:
-            proc.kill()
+        for process in self.procs.values():
+            process.kill()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -26,7 +26,7 @@ from lumbung.cli.main import app
 from lumbung.client.auth import SignedAuth
 from lumbung.client.ledger import LedgerClient
 from lumbung.client.transport import RATE_LIMIT_RETRIES, HubTransport
-from lumbung.client.witness import COSIGNATURES_PATH, Witness, default_name
+from lumbung.witness import COSIGNATURES_PATH, Witness, default_name
 from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.errors import ConfigError, Forbidden, RateLimited, Unavailable

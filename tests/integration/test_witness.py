@@ -23,7 +23,7 @@ from lumbung.client import Client
 from lumbung.client.audit import audit
 from lumbung.client.ledger import LedgerClient
 from lumbung.client.transport import HubTransport
-from lumbung.client.witness import COSIGNATURES_PATH, Rollback, Witness, default_name, state_path
+from lumbung.witness import COSIGNATURES_PATH, Rollback, Witness, default_name, state_path
 from lumbung.config import ClientConfig, HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.errors import Conflict, Forbidden, LumbungError, Unauthenticated

@@ -10,8 +10,8 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from lumbung.cli import render
-from lumbung.cli.demo import sweep_spec_text
 from lumbung.cli.main import app
+from lumbung.demo.sweep import sweep_spec_text
 from lumbung.wire.api import Inventory, JobView, NodeView, Plan, PlanNode, RoundView, TaskView
 from lumbung.wire.spec import parse_spec
 

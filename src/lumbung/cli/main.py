@@ -210,6 +210,6 @@ def demo(
 ) -> None:
     """A hub and three nodes on this machine train a model together, one node killed mid-round;
     then the loss curve, the bytes saved, text the model writes, and the bill."""
-    from lumbung.cli.demo import run_demo
+    from lumbung.demo.run import run_demo
 
     raise typer.Exit(run_demo(keep=keep, max_tasks=tasks, sweep=sweep, long=long))

@@ -20,11 +20,11 @@ from rich.text import Text
 from lumbung.cli import render
 from lumbung.cli.jobs import HubOption
 from lumbung.client.transport import HubTransport
-from lumbung.client.witness import Rollback, Witness, default_name
 from lumbung.config import ClientConfig, load
 from lumbung.crypto.keys import Identity
 from lumbung.errors import LumbungError
 from lumbung.ledger.witness_state import Fork, WitnessState
+from lumbung.witness import Rollback, Witness, default_name
 
 DEFAULT_DATA_DIR = Path("~/.lumbung/witness")
 

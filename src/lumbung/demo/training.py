@@ -1,6 +1,6 @@
-"""``lumbung demo``: a character language model trained across three local nodes with DiLoCo.
+"""The training demo (``lumbung demo``): a character model trained across three nodes with DiLoCo.
 
-The hub and three nodes run as real processes (``lumbung.cli.demo.Cluster``). The job trains the
+The hub and three nodes run as real processes (``lumbung.demo.cluster``). The job trains the
 built-in Llama-style character model on Shakespeare: each round every worker takes H AdamW steps
 alone on its shard and sends an int8 pseudo-gradient; the hub takes the outer Nesterov step. One
 node is killed with ``kill -9`` in the middle of a round: that round closes without it once its
@@ -20,10 +20,11 @@ from rich.console import Console
 from rich.text import Text
 
 from lumbung.cli import render
-from lumbung.cli.demo import Cluster, settlement_report, wait_for_nodes
 from lumbung.cli.jobs import watch_job
 from lumbung.cli.model import fetch_model, models_cache, sample_text
 from lumbung.client import Client
+from lumbung.demo.cluster import Cluster
+from lumbung.demo.run import settlement_report, wait_for_nodes
 from lumbung.train.codec import HEADER
 from lumbung.wire.api import JobView
 from lumbung.wire.spec import validate_spec
