@@ -26,7 +26,6 @@ from lumbung.cli.main import app
 from lumbung.client.auth import SignedAuth
 from lumbung.client.ledger import LedgerClient
 from lumbung.client.transport import RATE_LIMIT_RETRIES, HubTransport
-from lumbung.witness import COSIGNATURES_PATH, Witness, default_name
 from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.errors import ConfigError, Forbidden, RateLimited, Unavailable
@@ -57,6 +56,7 @@ from lumbung.ledger.note import MAX_SIGNATURES, parse_note
 from lumbung.store.blobs import MemoryBlobStore
 from lumbung.store.memory import MemoryStore
 from lumbung.store.protocol import Store
+from lumbung.witness import COSIGNATURES_PATH, Witness, default_name
 
 FAUCET_MICRO = 1_000_000
 AT_MS = 1_800_000_000_000

@@ -23,7 +23,6 @@ from lumbung.client import Client
 from lumbung.client.audit import audit
 from lumbung.client.ledger import LedgerClient
 from lumbung.client.transport import HubTransport
-from lumbung.witness import COSIGNATURES_PATH, Rollback, Witness, default_name, state_path
 from lumbung.config import ClientConfig, HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.errors import Conflict, Forbidden, LumbungError, Unauthenticated
@@ -35,6 +34,7 @@ from lumbung.ledger.witness_state import Fork, WitnessState, state_to_json
 from lumbung.store.blobs import MemoryBlobStore
 from lumbung.store.memory import MemoryStore
 from lumbung.store.protocol import Store
+from lumbung.witness import COSIGNATURES_PATH, Rollback, Witness, default_name, state_path
 
 HUB_URL = "http://testserver"
 
