@@ -30,6 +30,7 @@ from lumbung.store.protocol import Store
 from lumbung.wire.spec import validate_spec
 
 LEASE_S = 10.0
+BACKGROUND_WAIT_S = 60.0
 
 
 class FakeClock:
@@ -81,6 +82,9 @@ class Actor:
         response = self.http.request(
             method, path, json=json, auth=SignedAuth(self.identity, clock=self.clock)
         )
+        # What the request left to the background (a round to close) is done before the test
+        # looks: in-process tests read the hub's state right after each request.
+        assert self.ctx.background.wait_idle(BACKGROUND_WAIT_S), "background work is stuck"
         assert response.status_code == expect, response.text
         return response.json() if response.content else None
 

@@ -257,12 +257,16 @@ class _LosesFirstRace:
         return getattr(self._inner, name)
 
     def append(
-        self, leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
+        self,
+        leaves: Sequence[bytes],
+        nodes: Mapping[NodeKey, bytes],
+        expected_size: int,
+        unleased: Sequence[str] = (),
     ) -> None:
         if not self.lost:
             self.lost = True
             raise StaleWrite("lost the race")
-        self._inner.append(leaves, nodes, expected_size)
+        self._inner.append(leaves, nodes, expected_size, unleased)
 
 
 @pytest.mark.parametrize("parallel", [False, True])

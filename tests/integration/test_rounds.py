@@ -288,6 +288,7 @@ def test_updates_arriving_together_all_count_and_the_round_closes_once(hub: Hub)
 
     with ThreadPoolExecutor(3) as pool:
         list(pool.map(report, [1, 2, 3]))
+    assert hub.ctx.background.wait_idle(60)  # the round closes off the request path
     rounds = hub.ctx.store.list_rounds(job_id)
     assert [(r.index, r.state.value, r.participants) for r in rounds[:1]] == [(0, "closed", 4)]
     assert len(hub.ctx.store.list_updates(job_id, 0)) == 4
@@ -318,6 +319,7 @@ def test_an_update_that_loses_every_race_is_503_with_nothing_written(
     assert [u.task_id for u in store.list_updates(job_id, 0)] == [tasks[0]["task_id"]]
     monkeypatch.setattr(store, "apply", real_apply)
     submit_update(hub.ctx, nodes[1].id, tasks[1]["task_id"], 0, body)  # sent again: taken
+    assert hub.ctx.background.wait_idle(60)
     assert store.get_round(job_id, 0).state.value == "closed"
 
 

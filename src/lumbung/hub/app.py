@@ -1,4 +1,9 @@
-"""The hub's FastAPI application: routes, error table, and the lease reaper."""
+"""The hub's FastAPI application: routes, error table, and the lease reaper.
+
+The reaper is a coroutine on the event loop that only sleeps there: each pass runs in a thread,
+and rounds it finds due close in the background (``lumbung.hub.background``), so that neither a
+long settlement nor a big round holds up a request.
+"""
 
 from __future__ import annotations
 
@@ -25,40 +30,52 @@ log = logging.getLogger("lumbung.hub")
 
 # Nonces and heartbeat minutes too old to matter are swept this often.
 _SWEEP_S = 60.0
+_BACKGROUND_STOP_S = 60.0
 
 
 async def _reap(ctx: HubContext) -> None:
     """Return expired leases to the queue, end leases past their job's time limit as timed-out
-    failures (``expire_leases``), and settle unpaid escrow, forever; one failure does not stop
-    the reaper."""
+    failures (``expire_leases``), close rounds, and settle unpaid escrow, forever; one failure
+    does not stop the reaper."""
     since_sweep = 0.0
     while True:
         await asyncio.sleep(ctx.config.reaper_interval_s)
         try:
-            if expire_leases(ctx):
-                close_ready_rounds(ctx)  # a dead or timed-out worker no longer holds its round
-            close_due_rounds(ctx)
+            await asyncio.to_thread(reap_leases, ctx)
             since_sweep += ctx.config.reaper_interval_s
             if since_sweep >= _SWEEP_S:
-                now = ctx.clock()
-                ctx.store.purge_nonces(now)
-                # Reliability counts a day of minutes; older ones would only slow that count.
-                ctx.store.purge_heartbeat_minutes(now - DAY_S - 60)
+                await asyncio.to_thread(sweep, ctx)
                 await reconcile_in_turns(ctx)
                 since_sweep = 0.0
         except Exception:
             log.exception("lease reaper failed; retrying")
 
 
+def reap_leases(ctx: HubContext) -> None:
+    """End the leases that ran out, and have the rounds that are now complete or due closed."""
+    if expire_leases(ctx):
+        # A dead or timed-out worker no longer holds its round.
+        ctx.background.submit("close ready rounds", lambda: close_ready_rounds(ctx))
+    ctx.background.submit("close due rounds", lambda: close_due_rounds(ctx))
+
+
+def sweep(ctx: HubContext) -> None:
+    """Forget nonces and heartbeat minutes too old to matter."""
+    now = ctx.clock()
+    ctx.store.purge_nonces(now)
+    # Reliability counts a day of minutes; older ones would only slow that count.
+    ctx.store.purge_heartbeat_minutes(now - DAY_S - 60)
+
+
 async def reconcile_in_turns(ctx: HubContext) -> None:
-    """``reconcile``, one job at a time with the event loop's other work in between: every
-    running job's escrow is open, and settling hundreds in one go would stall every request."""
-    for job_id in ledger_of(ctx).open_escrows():
+    """``reconcile``, one job at a time, each in a thread: every running job's escrow is open,
+    and settling hundreds in one go would hold the log's lock that every submission and every
+    paid report waits for."""
+    for job_id in await asyncio.to_thread(ledger_of(ctx).open_escrows):
         try:
-            reconcile_job(ctx, job_id)
+            await asyncio.to_thread(reconcile_job, ctx, job_id)
         except Exception:
             log.exception("settling job %s failed; the next sweep retries", job_id)
-        await asyncio.sleep(0)
 
 
 def create_app(ctx: HubContext, *, reaper: bool = True) -> FastAPI:
@@ -83,6 +100,10 @@ def create_app(ctx: HubContext, *, reaper: bool = True) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            # A round being closed finishes (it is one transaction either way), so that the
+            # store is not closed under it; a stuck one does not hold the hub's stop for ever.
+            if not await asyncio.to_thread(ctx.background.wait_idle, _BACKGROUND_STOP_S):
+                log.warning("stopped with background work unfinished; a restart redoes it")
 
     app = FastAPI(
         title="Lumbung hub",

@@ -1,15 +1,22 @@
-"""What every hub request handler shares: config, store, blob store, clock, and the work signal."""
+"""What every hub request handler shares: config, store, blob store, clock, and the work signal.
+
+Handlers run in a thread pool, many at once, so everything here is safe to use from any thread:
+the caches below take a lock, the work signal may be set from any thread and waited on from any
+event loop.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
+from lumbung.hub.background import Background
+from lumbung.hub.capacity import Capacity
 from lumbung.hub.ledger import LogService
 from lumbung.hub.rate_limits import RateLimits
 from lumbung.market.matching import NodeSnapshot
@@ -32,25 +39,52 @@ _SPEC_CACHE_SIZE = 10_000
 class WorkSignal:
     """Wakes long-polling claims in this process when work may have appeared.
 
+    ``notify`` is called from handlers in the thread pool; each waiting claim is woken on its own
+    event loop. A claim reads ``generation`` before it looks for work and waits ``since`` it, so a
+    notification that came while it looked is not missed.
+
     Other hub processes sharing the database are not signalled; claims also re-check on a short
     timer, so they see that work within a poll interval.
     """
 
     def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
+        self._lock = threading.Lock()
+        self._generation = 0  # notifications so far
+        self._waiters: set[asyncio.Future[None]] = set()
 
-    def _current(self) -> asyncio.Event:
-        if self._event is None:
-            self._event = asyncio.Event()
-        return self._event
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
 
     def notify(self) -> None:
-        event, self._event = self._current(), asyncio.Event()
-        event.set()
+        with self._lock:
+            self._generation += 1
+            waiters, self._waiters = self._waiters, set()
+        for future in waiters:
+            try:
+                future.get_loop().call_soon_threadsafe(_wake, future)
+            except RuntimeError:  # its loop is closed: nobody is waiting there any more
+                continue
 
-    async def wait(self, timeout_s: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._current().wait(), timeout=max(timeout_s, 0.0))
+    async def wait(self, timeout_s: float, since: int | None = None) -> None:
+        """Until the next notification (at once if there was one after generation ``since``),
+        or ``timeout_s``."""
+        future = asyncio.get_running_loop().create_future()
+        with self._lock:
+            if since is not None and since != self._generation:
+                return
+            self._waiters.add(future)
+        try:
+            await asyncio.wait({future}, timeout=max(timeout_s, 0.0))
+        finally:
+            with self._lock:
+                self._waiters.discard(future)
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 @dataclass
@@ -67,26 +101,37 @@ class HubContext:
     log: LogService | None = None
     # Every actor's write buckets in this process (lumbung.hub.write_limits says which writes).
     rate_limits: RateLimits = field(default_factory=RateLimits)
+    # Requests let into the core at once (lumbung.hub.capacity), sized to the store's pool.
+    capacity: Capacity = field(init=False)
+    # Work off the request path: closing training rounds (lumbung.hub.background).
+    background: Background = field(default_factory=Background)
     _snapshots: list[NodeSnapshot] = field(default_factory=list)
     _snapshots_at: float = float("-inf")
     _heard: dict[str, int] = field(default_factory=dict)
     _heard_at: float = float("-inf")
+    # Held while the snapshots are rebuilt: claims arriving meanwhile wait for that one rebuild.
+    _snapshots_lock: threading.Lock = field(default_factory=threading.Lock)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
+    _specs_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.capacity = Capacity.for_connections(self.store.max_connections)
 
     def snapshots(self, *, fresh: bool = False) -> list[NodeSnapshot]:
         """Every registered node with whether it is online and its measured reliability."""
-        now = self.clock()
-        if fresh or now - self._snapshots_at > _SNAPSHOT_TTL_S:
-            if fresh or now - self._heard_at > _HEARD_TTL_S:
-                self._heard = self.store.heartbeat_minutes(now - DAY_S)
-                self._heard_at = now
-            heard, at = self._heard, self._heard_at
-            self._snapshots = [
-                self.snapshot(node, heard.get(node.id, 0), counted_at=at)
-                for node in self.store.list_nodes()
-            ]
-            self._snapshots_at = now
-        return self._snapshots
+        with self._snapshots_lock:
+            now = self.clock()
+            if fresh or now - self._snapshots_at > _SNAPSHOT_TTL_S:
+                if fresh or now - self._heard_at > _HEARD_TTL_S:
+                    self._heard = self.store.heartbeat_minutes(now - DAY_S)
+                    self._heard_at = now
+                heard, at = self._heard, self._heard_at
+                self._snapshots = [
+                    self.snapshot(node, heard.get(node.id, 0), counted_at=at)
+                    for node in self.store.list_nodes()
+                ]
+                self._snapshots_at = now
+            return self._snapshots
 
     def snapshot(
         self, node: Node, heard_minutes: int, counted_at: float | None = None
@@ -119,14 +164,17 @@ class HubContext:
         once, not for ever. Its escrow settles at the caller (lumbung.hub.unreadable) or at the
         next reconcile.
         """
-        spec = self._specs.get(job_id)
-        if spec is None:
+        with self._specs_lock:
+            spec = self._specs.get(job_id)
+        if spec is not None:
+            return spec
+        try:
+            job = self.store.get_job(job_id)  # outside the lock: other specs need not wait
+        except UnreadableJob as exc:
+            self.store.fail_job(job_id, exc.job_error, self.clock())
+            raise
+        with self._specs_lock:
             if len(self._specs) >= _SPEC_CACHE_SIZE:
                 self._specs.clear()
-            try:
-                job = self.store.get_job(job_id)
-            except UnreadableJob as exc:
-                self.store.fail_job(job_id, exc.job_error, self.clock())
-                raise
-            spec = self._specs[job_id] = job.spec
-        return spec
+            self._specs[job_id] = job.spec
+        return job.spec

@@ -11,6 +11,7 @@ that reached it as a timed-out, failed attempt, the same as the node's own time 
 
 from __future__ import annotations
 
+import random
 from dataclasses import replace
 
 from lumbung.errors import NotFound, StaleWrite
@@ -38,8 +39,9 @@ _CLAIM_WINDOW = 256
 _CLAIM_PAGE = 16
 # Attempts a task may lose to vanished nodes before it fails (see ``requeue``).
 MAX_LOST_LEASES = 10
-# Attempts at a claim when another node or hub takes the chosen task first.
-_CLAIM_RACES = 4
+# Attempts at a claim when another node or hub takes the chosen task first: each loss is another
+# claim's lease, and a claim answered "no work" while work waits leaves a node idle a whole poll.
+_CLAIM_RACES = 16
 # Earlier links of a task's checkpoint chain a resuming node may fall back to (Assignment).
 _RESUME_CHAIN_LINKS = 8
 
@@ -127,21 +129,24 @@ def claim(ctx: HubContext, node_id: str) -> Assignment | None:
     cached = next((s for s in snapshots if s.node.id == node_id), None)
     me = replace(cached, node=node) if cached else ctx.node_snapshot(node_id)
     others = [s for s in snapshots if s.node.id != node_id]
-    for _ in range(_CLAIM_RACES):
-        chosen = _choose(ctx, me, others, now)
+    for lost in range(_CLAIM_RACES):
+        # Claims at once all choose the same oldest task and one wins each race; a claim that
+        # lost takes one of the next few instead, so that those still racing spread out.
+        chosen = _choose(ctx, me, others, now, skip=random.randrange(min(lost, _CLAIM_PAGE) + 1))
         if chosen is None:
             return None
         try:
             return _lease(ctx, node, chosen, ctx.store.get_job(chosen.job_id), now)
         except StaleWrite:
-            continue  # someone else leased it first; look again
+            continue  # another claim leased it first; look again
     return None
 
 
 def _choose(
-    ctx: HubContext, me: NodeSnapshot, others: list[NodeSnapshot], now: float
+    ctx: HubContext, me: NodeSnapshot, others: list[NodeSnapshot], now: float, skip: int = 0
 ) -> Task | None:
-    """The first queued task this node should take, reading the queue a page at a time."""
+    """The first queued task this node should take, reading the queue a page at a time; with
+    ``skip``, the one that many after it on the same page (or the page's last it may take)."""
     for offset in range(0, _CLAIM_WINDOW, _CLAIM_PAGE):
         queued = ctx.store.queued_tasks(_CLAIM_PAGE, offset)
         pairs = [
@@ -152,6 +157,11 @@ def _choose(
             and not _retry_elsewhere(t, spec, me.node.id, others)
         ]
         chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
+        for _ in range(skip):
+            if chosen is None:
+                break
+            pairs = [pair for pair in pairs if pair[0] is not chosen]
+            chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s) or chosen
         if chosen is not None or len(queued) < _CLAIM_PAGE:
             return chosen
     return None

@@ -152,15 +152,20 @@ class LogService:
             return self._ledger.escrow(job_id)
 
     def append(
-        self, entries: Sequence[SignedEntry], rules: Callable[[Ledger], None] | None = None
+        self,
+        entries: Sequence[SignedEntry],
+        rules: Callable[[Ledger], None] | None = None,
+        unleased: Sequence[str] = (),
     ) -> list[int]:
         """Validate ``entries`` in order and append them all, or none; returns their indexes.
 
         ``rules`` sees the (read-only) ledger as it would be after the batch, under this log's
-        lock, and raises to refuse it: the API's rules on top of the ledger's own.
+        lock, and raises to refuse it: the API's rules on top of the ledger's own. The actors
+        ``unleased`` must hold no lease, checked in the append's own transaction (``HoldsLease``
+        otherwise, from ``lumbung.store.ledger``).
         """
         batch = list(entries)
-        return self._append(lambda: batch, rules)
+        return self._append(lambda: batch, rules, unleased)
 
     def mint(self, to: str, amount_micro: int) -> int:
         """Mint ``amount_micro`` to ``to`` as the treasury (the hub's key); returns the index."""
@@ -196,13 +201,16 @@ class LogService:
         return self._append(build)
 
     def _append(
-        self, build: Callable[[], list[SignedEntry]], rules: Callable[[Ledger], None] | None = None
+        self,
+        build: Callable[[], list[SignedEntry]],
+        rules: Callable[[Ledger], None] | None = None,
+        unleased: Sequence[str] = (),
     ) -> list[int]:
         with self._lock:
             for attempt in range(APPEND_ATTEMPTS):
                 try:
                     with self.store.writing():
-                        return self._append_once(build, rules)
+                        return self._append_once(build, rules, unleased)
                 except StaleWrite:
                     if attempt + 1 == APPEND_ATTEMPTS:
                         raise
@@ -210,7 +218,10 @@ class LogService:
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _append_once(
-        self, build: Callable[[], list[SignedEntry]], rules: Callable[[Ledger], None] | None
+        self,
+        build: Callable[[], list[SignedEntry]],
+        rules: Callable[[Ledger], None] | None,
+        unleased: Sequence[str],
     ) -> list[int]:
         self._catch_up()
         entries = build()
@@ -224,7 +235,7 @@ class LogService:
                 self._apply_one(self._ledger, signed, position)
             if rules is not None:
                 rules(self._ledger)
-            frontier = self._write(entries)
+            frontier = self._write(entries, unleased)
         self._size, self._frontier = start + len(entries), frontier
         for offset, signed in enumerate(entries):
             self._index(signed, start + offset)
@@ -243,12 +254,12 @@ class LogService:
             where = f"entries.{position}" + (f".entry.{exc.field}" if exc.field else "")
             raise type(exc)(f"entry {position}: {exc.message}", field=where) from exc
 
-    def _write(self, entries: list[SignedEntry]) -> Frontier:
+    def _write(self, entries: list[SignedEntry], unleased: Sequence[str]) -> Frontier:
         """Store ``entries`` with the tree nodes they complete; returns the tree after them."""
         leaves = [leaf_bytes(signed) for signed in entries]
         frontier = self._frontier.copy()
         nodes = frontier.extend(leaf_hash(leaf) for leaf in leaves)
-        self.store.append(leaves, nodes, self._size)
+        self.store.append(leaves, nodes, self._size, unleased)
         return frontier
 
     def _sign(self) -> None:

@@ -8,6 +8,9 @@ reserved for later issues are refused, every author must hold money (a balance o
 its entries, and writes are rate-limited per signer and per author (``lumbung.hub.write_limits``).
 Integer query parameters are bounded (422 naming them), so none reaches the database as an
 integer it cannot hold.
+
+Handlers are plain functions, run in the thread pool (``lumbung.hub.routes`` says why); reads take
+a slot of the hub's capacity like signed requests do (``Log``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
 from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected, Unavailable
-from lumbung.hub.auth import context
+from lumbung.hub.auth import Admitted, Ctx, context
 from lumbung.hub.context import HubContext
 from lumbung.hub.cosign import accepted_witnesses, add_cosignature
 from lumbung.hub.ledger import LogService
@@ -30,9 +33,9 @@ from lumbung.hub.write_limits import Writer, take_entries
 from lumbung.ledger.balances import Ledger
 from lumbung.ledger.entries import RESERVED_KINDS, EscrowLock, SignedEntry, Unstake, decode_leaf
 from lumbung.ledger.merkle import HASH_SIZE_BYTES
+from lumbung.store.ledger import HoldsLease
 
 router = APIRouter(prefix="/v1/ledger")
-Ctx = Annotated[HubContext, Depends(context)]
 
 MAX_APPEND_ENTRIES = 1000
 MAX_READ_ENTRIES = 10_000
@@ -43,7 +46,7 @@ Index = Annotated[int, Query(ge=0, le=MAX_INDEX)]
 Size = Annotated[int, Query(ge=1, le=MAX_INDEX)]
 
 
-def _log(request: Request) -> LogService:
+async def _log(request: Request, _: Admitted) -> LogService:
     log = context(request).log
     if log is None:
         raise Unavailable("this hub keeps no ledger")
@@ -98,10 +101,25 @@ def check_market_rules(ctx: HubContext, entries: list[SignedEntry]) -> None:
         if isinstance(entry, Unstake):
             held = len(ctx.store.running_tasks(node_id=entry.author))
             if held:
-                raise Conflict(
-                    f"{entry.author} holds {held} lease(s); unstake once they end",
-                    field=f"entries.{position}.entry.kind",
-                )
+                raise _holds_lease(entry.author, held, position)
+
+
+def unstakers(entries: list[SignedEntry]) -> dict[str, int]:
+    """Each author of an unstake and the position of its first: the actors that must hold no
+    lease when the batch is appended (checked again in the append's transaction, where no lease
+    granted meanwhile, by any hub, can slip past)."""
+    found: dict[str, int] = {}
+    for position, signed in enumerate(entries):
+        if isinstance(signed.entry, Unstake):
+            found.setdefault(signed.entry.author, position)
+    return found
+
+
+def _holds_lease(actor: str, leases: int, position: int) -> Conflict:
+    return Conflict(
+        f"{actor} holds {leases} lease(s); unstake once they end",
+        field=f"entries.{position}.entry.kind",
+    )
 
 
 def funded_authors(entries: list[SignedEntry]) -> Callable[[Ledger], None]:
@@ -132,17 +150,19 @@ def funded_authors(entries: list[SignedEntry]) -> Callable[[Ledger], None]:
 
 
 @router.post("/entries")
-async def append_entries(
-    body: AppendRequest, _: Writer, ctx: Ctx, log: Log
-) -> dict[str, list[int]]:
+def append_entries(body: AppendRequest, _: Writer, ctx: Ctx, log: Log) -> dict[str, list[int]]:
     entries = decode_entries(body.entries)
     check_market_rules(ctx, entries)
     take_entries(ctx, entries)
-    return {"indexes": log.append(entries, funded_authors(entries))}
+    unstaking = unstakers(entries)
+    try:
+        return {"indexes": log.append(entries, funded_authors(entries), list(unstaking))}
+    except HoldsLease as exc:  # leased between the check above and the append
+        raise _holds_lease(exc.actor, exc.leases, unstaking[exc.actor]) from exc
 
 
 @router.post("/faucet")
-async def faucet(actor: Writer, ctx: Ctx, log: Log) -> dict[str, int]:
+def faucet(actor: Writer, ctx: Ctx, log: Log) -> dict[str, int]:
     amount = ctx.config.faucet_micro
     if amount <= 0:
         raise Forbidden("this hub has no faucet (faucet_micro is 0)")
@@ -150,12 +170,12 @@ async def faucet(actor: Writer, ctx: Ctx, log: Log) -> dict[str, int]:
 
 
 @router.get("/key")
-async def key(log: Log) -> dict[str, str]:
+def key(log: Log) -> dict[str, str]:
     return {"origin": log.origin, "vkey": log.vkey}
 
 
 @router.get("/checkpoint", response_class=PlainTextResponse)
-async def checkpoint(log: Log) -> PlainTextResponse:
+def checkpoint(log: Log) -> PlainTextResponse:
     _, note = log.store.latest_checkpoint()
     return PlainTextResponse(note)
 
@@ -166,13 +186,13 @@ class CosignRequest(BaseModel):
 
 
 @router.post("/cosignatures")
-async def cosignatures(body: CosignRequest, actor: Writer, ctx: Ctx, log: Log) -> dict[str, str]:
+def cosignatures(body: CosignRequest, actor: Writer, ctx: Ctx, log: Log) -> dict[str, str]:
     accepted = accepted_witnesses(ctx.config.witnesses)
     return {"note": add_cosignature(log, body.note, body.vkey, actor, accepted)}
 
 
 @router.get("/entries")
-async def entries(log: Log, start: Index, end: Index) -> dict[str, object]:
+def entries(log: Log, start: Index, end: Index) -> dict[str, object]:
     if end < start:
         raise Rejected("end must not be below start", field="end")
     if end - start > MAX_READ_ENTRIES:
@@ -182,7 +202,7 @@ async def entries(log: Log, start: Index, end: Index) -> dict[str, object]:
 
 
 @router.get("/proof/inclusion")
-async def inclusion(
+def inclusion(
     log: Log,
     size: Size,
     index: Annotated[int | None, Query(ge=0, le=MAX_INDEX)] = None,
@@ -199,20 +219,20 @@ async def inclusion(
 
 
 @router.get("/proof/consistency")
-async def consistency(log: Log, size1: Size, size2: Size) -> dict[str, object]:
+def consistency(log: Log, size1: Size, size2: Size) -> dict[str, object]:
     proof = log.tree.consistency_proof(size1, size2)
     return {"size1": size1, "size2": size2, "proof": [h.hex() for h in proof]}
 
 
 @router.get("/balances")
-async def balances(log: Log) -> dict[str, object]:
+def balances(log: Log) -> dict[str, object]:
     """Every actor's balance, stake and last sequence number at one size of the log."""
     size, accounts = log.balances()
     return {"size": size, "accounts": {actor: list(values) for actor, values in accounts.items()}}
 
 
 @router.get("/accounts/{actor_id}")
-async def account(
+def account(
     actor_id: str,
     log: Log,
     entries: Annotated[int, Query(ge=0, le=MAX_ACCOUNT_ENTRIES)] = 0,

@@ -10,6 +10,10 @@ updates and applies the outer Nesterov step with numpy (``lumbung.train.rounds.c
 the hub never imports torch) and opens the next round. Everything a round needs is in the store
 and the blob store, so a hub restarted mid-round carries on.
 
+Closing takes seconds for a large model with many workers, so it happens in the background
+(``lumbung.hub.background``), never in the request that completed the round: that worker is
+answered at once, and workers learn of the next round by asking ``round_info`` again.
+
 Round 0 has no weights until the first worker sends its seeded initial weights with its update;
 every worker initialises from the job's seed, so they all start from the same bits, which the
 hub checks by hash.
@@ -86,7 +90,8 @@ def round_info(ctx: HubContext, node_id: str, task_id: str, attempt: int) -> Rou
 def submit_update(
     ctx: HubContext, node_id: str, task_id: str, round_index: int, report: RoundUpdateReport
 ) -> None:
-    """Take one worker's pseudo-gradient for ``round_index``; close the round if it is complete.
+    """Take one worker's pseudo-gradient for ``round_index``; if that completes the round, it
+    closes in the background (``close_soon``).
 
     Refused, with nothing written: a task not held by this node (403) or a stale attempt (409),
     a round that is not the open one (409, field ``round``), weights other than the round's
@@ -112,7 +117,12 @@ def submit_update(
                     field="round",
                 ) from exc
     escrow.settle_quietly(ctx, job.id)
-    maybe_close(ctx, job.id)
+    close_soon(ctx, job.id)
+
+
+def close_soon(ctx: HubContext, job_id: str) -> None:
+    """Close the job's round in the background if it is complete (``maybe_close``)."""
+    ctx.background.submit(f"close the round of job {job_id}", lambda: maybe_close(ctx, job_id))
 
 
 def _accept(

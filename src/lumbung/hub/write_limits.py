@@ -18,7 +18,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from lumbung.hub.auth import context, signed_actor, signed_streamed_actor
+from lumbung.hub.auth import Actor, context, signed_streamed_actor
 from lumbung.hub.context import HubContext
 from lumbung.ledger.entries import SignedEntry
 
@@ -39,16 +39,18 @@ def take_entries(ctx: HubContext, entries: Sequence[SignedEntry]) -> None:
         ctx.rate_limits.take(author, ENTRIES, count, config.entry_rate_per_s, config.entry_burst)
 
 
-async def writing_actor(request: Request) -> str:
-    """The signed actor of a rate-limited write."""
-    actor = await signed_actor(request)
+# A bucket is a few arithmetic operations under a lock (``RateLimits`` is thread-safe): taken on
+# the event loop, between the signature check and the handler, each in the thread pool.
+async def writing_actor(request: Request, actor: Actor) -> str:
+    """The signed actor of a rate-limited write (admitted to the hub's capacity)."""
     take_write(context(request), actor)
     return actor
 
 
-async def streaming_actor(request: Request) -> str:
+async def streaming_actor(
+    request: Request, actor: Annotated[str, Depends(signed_streamed_actor)]
+) -> str:
     """The signed actor of a rate-limited streamed upload."""
-    actor = await signed_streamed_actor(request)
     take_write(context(request), actor)
     return actor
 

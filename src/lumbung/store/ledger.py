@@ -3,21 +3,31 @@
 ``LedgerStore`` is the seam; ``MemoryLedgerStore`` is its in-memory twin and
 ``lumbung.store.ledger_sql.SqlLedgerStore`` the durable one. The store knows nothing of what a leaf
 means: the hub validates entries and computes the tree's nodes (``lumbung.ledger.tree``), then
-hands both here to be written in one transaction.
+hands both here to be written in one transaction, together with the one market rule that must
+hold in that same transaction: an actor that unstakes holds no lease (``unleased``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from lumbung.errors import NotFound, Rejected, StaleWrite
+from lumbung.errors import Conflict, NotFound, Rejected, StaleWrite
 
 NodeKey = tuple[int, int]  # (level, index), as in lumbung.ledger.tree
 NodeRange = tuple[int, int, int]  # (level, first index, end index): one level's nodes in a range
 _READ_ONLY = "the log's tree is written only through LedgerStore.append, with its leaves"
+
+
+class HoldsLease(Conflict):
+    """An append refused because an actor that had to hold no lease holds ``leases`` of them."""
+
+    def __init__(self, actor: str, leases: int) -> None:
+        super().__init__(f"{actor} holds {leases} lease(s)")
+        self.actor = actor
+        self.leases = leases
 
 
 class LedgerStore(Protocol):
@@ -25,13 +35,19 @@ class LedgerStore(Protocol):
         """How many leaves the log has."""
 
     def append(
-        self, leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
+        self,
+        leaves: Sequence[bytes],
+        nodes: Mapping[NodeKey, bytes],
+        expected_size: int,
+        unleased: Sequence[str] = (),
     ) -> None:
         """Write ``leaves`` at indexes ``expected_size``.., the new ``nodes`` (which include each
         leaf's hash at level 0) and the new size, all in one transaction.
 
         ``StaleWrite`` (and nothing written) if the stored size is not ``expected_size``: another
-        writer appended first, possibly another hub sharing the database.
+        writer appended first, possibly another hub sharing the database. ``HoldsLease`` (and
+        nothing written) if an actor of ``unleased`` holds a lease (a running task) as the
+        transaction commits: no lease another request or hub grants can slip in between.
         """
 
     def writing(self) -> AbstractContextManager[object]:
@@ -96,11 +112,23 @@ class StoredNodes:
         )
 
 
-class MemoryLedgerStore:
-    """``LedgerStore`` in dictionaries, behind one lock."""
+# How many leases each of the actors named holds; called with the memory store's lock held.
+LeaseCount = Callable[[Sequence[str]], dict[str, int]]
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
+
+class MemoryLedgerStore:
+    """``LedgerStore`` in dictionaries, behind one lock.
+
+    Beside a ``MemoryStore`` it shares that store's lock and reads its leases, so that an append
+    and the lease check of ``unleased`` are one step, as they are one transaction in SQL; alone,
+    nobody holds a lease.
+    """
+
+    def __init__(
+        self, lock: threading.Lock | None = None, leases: LeaseCount | None = None
+    ) -> None:
+        self._lock = lock or threading.Lock()
+        self._leases = leases or (lambda actors: {})
         self._leaves: list[bytes] = []
         self._index_by_hash: dict[bytes, int] = {}
         self._nodes: dict[NodeKey, bytes] = {}
@@ -115,10 +143,17 @@ class MemoryLedgerStore:
         return self._writer
 
     def append(
-        self, leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
+        self,
+        leaves: Sequence[bytes],
+        nodes: Mapping[NodeKey, bytes],
+        expected_size: int,
+        unleased: Sequence[str] = (),
     ) -> None:
         check_leaf_parts(leaves, nodes, expected_size)
         with self._lock:
+            for actor, leases in self._leases(unleased).items():
+                if leases:
+                    raise HoldsLease(actor, leases)
             if len(self._leaves) != expected_size:
                 raise StaleWrite(
                     f"the log has {len(self._leaves)} leaves, not the expected {expected_size}"

@@ -7,6 +7,12 @@ row count of zero, which is ``StaleWrite``. The leaves' primary keys back this u
 
 Hubs take turns before that point, under ``writing``: a transaction-scoped advisory lock on
 PostgreSQL, an exclusive ``flock`` of ``<database>.ledger-lock`` beside a SQLite file.
+
+An append that names ``unleased`` actors (an unstake) checks in its own transaction that none of
+them holds a lease. On SQLite the transaction holds the database's write lock from its start, so
+no lease can be granted until it ends; on PostgreSQL it first takes the tasks table in SHARE
+mode, which waits for every task write in flight (a lease being granted, by any hub) and holds off
+new ones until it commits: a few milliseconds, and only for unstakes.
 """
 
 from __future__ import annotations
@@ -15,16 +21,18 @@ import contextlib
 import fcntl
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from sqlalchemy import Engine, Table, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, Engine, Table, and_, bindparam, func, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
 from lumbung.errors import NotFound, StaleWrite
+from lumbung.market.model import TaskState
 from lumbung.store import tables as t
-from lumbung.store.ledger import NodeKey, NodeRange, check_leaf_parts
+from lumbung.store.ledger import HoldsLease, NodeKey, NodeRange, check_leaf_parts
 
 _META_ID = 1
 # The key of the log's writer lock for pg_advisory_xact_lock: any fixed number ("lumbung").
@@ -39,11 +47,25 @@ _NODE_RANGE = select(t.ledger_nodes.c.idx, t.ledger_nodes.c.hash).where(
     t.ledger_nodes.c.idx >= bindparam("first"),
     t.ledger_nodes.c.idx < bindparam("end"),
 )
+_LEASES_HELD = (
+    select(t.tasks.c.node_id, func.count())
+    .where(
+        t.tasks.c.state == TaskState.RUNNING.value,
+        t.tasks.c.node_id.in_(bindparam("actors", expanding=True)),
+    )
+    .group_by(t.tasks.c.node_id)
+)
+# Conflicts with every UPDATE of tasks (ROW EXCLUSIVE), and with nothing the log itself takes.
+_HOLD_OFF_LEASES = text(f"LOCK TABLE {t.tasks.name} IN SHARE MODE")
+
+# A write transaction, as the SQL store begins them (on SQLite: IMMEDIATE, one at a time).
+BeginWrite = Callable[[], AbstractContextManager[Connection]]
 
 
 class SqlLedgerStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, begin_write: BeginWrite | None = None) -> None:
         self._engine = engine
+        self._begin_write = begin_write or engine.begin
         self._insert: Callable[[Table], Insert] = (
             sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
         )
@@ -73,7 +95,11 @@ class SqlLedgerStore:
             return int(conn.execute(_SIZE).scalar_one())
 
     def append(
-        self, leaves: Sequence[bytes], nodes: Mapping[NodeKey, bytes], expected_size: int
+        self,
+        leaves: Sequence[bytes],
+        nodes: Mapping[NodeKey, bytes],
+        expected_size: int,
+        unleased: Sequence[str] = (),
     ) -> None:
         check_leaf_parts(leaves, nodes, expected_size)
         new_size = expected_size + len(leaves)
@@ -89,7 +115,9 @@ class SqlLedgerStore:
             .values(size=new_size)
         )
         try:
-            with self._engine.begin() as conn:
+            with self._begin_write() as conn:
+                if unleased:
+                    self._check_unleased(conn, unleased)
                 if conn.execute(move).rowcount != 1:
                     raise StaleWrite(f"the log is no longer at size {expected_size}")
                 if leaf_rows:
@@ -98,6 +126,12 @@ class SqlLedgerStore:
                     conn.execute(t.ledger_nodes.insert(), node_rows)
         except IntegrityError as exc:
             raise StaleWrite("a leaf of this append is already in the log") from exc
+
+    def _check_unleased(self, conn: Connection, actors: Sequence[str]) -> None:
+        if self._engine.dialect.name == "postgresql":
+            conn.execute(_HOLD_OFF_LEASES)
+        for actor, leases in conn.execute(_LEASES_HELD, {"actors": list(actors)}):
+            raise HoldsLease(str(actor), int(leases))
 
     def leaves(self, start: int, end: int) -> list[bytes]:
         table = t.ledger_leaves
@@ -154,7 +188,7 @@ class SqlLedgerStore:
     def put_checkpoint(self, size: int, note: str) -> None:
         stmt = self._insert(t.ledger_checkpoints).values(size=size, note=note)
         stmt = stmt.on_conflict_do_update(index_elements=["size"], set_={"note": note})  # type: ignore[attr-defined]
-        with self._engine.begin() as conn:
+        with self._begin_write() as conn:
             conn.execute(stmt)
 
     def latest_checkpoint(self) -> tuple[int, str]:

@@ -2,7 +2,8 @@
 
 Records are copied on the way in and out, so a caller that mutates an object it holds changes
 nothing stored until it calls ``apply`` (exactly as with rows in a database). One lock serialises
-every method, which is what a transaction would give.
+every method, which is what a transaction would give; the transparency log's store shares it, so
+that an unstake's lease check and its append are one step (``LedgerStore.append``'s ``unleased``).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ from lumbung.market.model import (
 )
 from lumbung.store.ledger import MemoryLedgerStore
 from lumbung.store.protocol import Changes
+
+# A memory store has no connection pool; it reports the SQL stores' so that a hub sizes its
+# capacity the same on every store (``lumbung.hub.capacity``).
+MEMORY_CONNECTIONS = 30
 
 
 def _copy_node(node: Node) -> Node:
@@ -60,7 +65,11 @@ class MemoryStore:
         self._updates: dict[tuple[str, int, str], RoundUpdate] = {}  # in arrival order
         self._logs: dict[str, list[LogRecord]] = {}  # by job, in seq order
         self._log_seq = itertools.count(1)
-        self._ledger = MemoryLedgerStore()
+        self._ledger = MemoryLedgerStore(self._lock, self._leases_held)
+
+    @property
+    def max_connections(self) -> int:
+        return MEMORY_CONNECTIONS
 
     # --- actors and replay protection -----------------------------------------------------------
 
@@ -233,6 +242,14 @@ class MemoryStore:
             ),
             key=lambda x: (x.lease_expires_at or 0.0, x.id),
         )
+
+    def _leases_held(self, actors: Sequence[str]) -> dict[str, int]:
+        # Called by the log's store with the lock held.
+        held = dict.fromkeys(actors, 0)
+        for task in self._tasks.values():
+            if task.state is TaskState.RUNNING and task.node_id in held:
+                held[task.node_id] += 1
+        return held
 
     def _select_tasks(self, where: _TaskFilter, key: _TaskKey) -> list[Task]:
         with self._lock:

@@ -72,6 +72,11 @@ class Changes:
 
 
 class Store(Protocol):
+    @property
+    def max_connections(self) -> int:
+        """How many calls may hold a database connection at once; one more waits for a free one.
+        The hub lets no more requests than this into its core (``lumbung.hub.capacity``)."""
+
     # --- actors and replay protection -----------------------------------------------------------
     def ensure_actor(self, actor_id: str, public_key: bytes, now: float) -> None:
         """Record an actor on its first signed request; a known id keeps its first key."""

@@ -5,13 +5,22 @@ go stale between requests. Updates of jobs and tasks are optimistic: ``UPDATE ..
 AND version = :version``, and a row count of zero means someone else wrote first (``Conflict``).
 SQLAlchemy Core rather than the ORM: the hub's hot paths (claim, heartbeat) run hundreds of times a
 second and the ORM's unit of work would only add overhead to what are single statements.
+
+The hub calls the store from many threads at once (its handlers run in a thread pool). On SQLite
+a write takes the database's write lock up front (``BEGIN IMMEDIATE``): a transaction that began
+as a reader and then writes can fail at once with "database is locked" when another writer
+committed meanwhile, where one that waits for the lock first cannot. Writers in this process also
+take turns on a lock of their own, so that they hand over at once instead of polling SQLite's busy
+handler (it sleeps 1, 2, 5, 10... ms between tries); other processes wait on ``busy_timeout``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +44,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
-from lumbung.errors import Conflict, NotFound, StaleWrite
+from lumbung.errors import ConfigError, Conflict, NotFound, StaleWrite
 from lumbung.market.model import (
     CheckpointLink,
     Job,
@@ -56,6 +65,10 @@ from lumbung.wire.spec import rejected_from_validation
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 10_000
+# Connections each engine keeps, and how many more it opens under load: what ``max_connections``
+# reports, and so how many requests a hub lets into its core at once (``lumbung.hub.capacity``).
+POOL_SIZE = 10
+POOL_OVERFLOW = 20
 # Any fixed 64-bit number works: every hub process must use the same one ("lumbung" in ASCII).
 MIGRATION_LOCK_KEY = int.from_bytes(b"lumbung", "big")
 _SQLITE_IMMEDIATE = "lumbung_sqlite_begin_immediate"
@@ -130,9 +143,11 @@ class SqlStore:
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
-        self._insert: Callable[[Table], Insert] = (
-            sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
-        )
+        on_sqlite = engine.dialect.name == "sqlite"
+        self._insert: Callable[[Table], Insert] = sqlite.insert if on_sqlite else postgresql.insert
+        # Writes begin IMMEDIATE on SQLite, one at a time in this process (see the module's doc).
+        self._writer = engine.execution_options(**{_SQLITE_IMMEDIATE: True})
+        self._write_lock = threading.Lock() if on_sqlite else None
         self._ledger: SqlLedgerStore | None = None
         # A node's heartbeat minutes (its reliability): the first heartbeat of a minute counts.
         self._heartbeat_minute = self._insert(t.heartbeat_minutes).on_conflict_do_nothing()
@@ -158,32 +173,43 @@ class SqlStore:
     def engine(self) -> Engine:
         return self._engine
 
+    @property
+    def max_connections(self) -> int:
+        return POOL_SIZE + POOL_OVERFLOW
+
     def close(self) -> None:
         self._engine.dispose()
 
     def ledger(self) -> SqlLedgerStore:
-        """The transparency log's store, on this store's engine (and so its database)."""
+        """The transparency log's store, on this store's engine (and so its database); it writes
+        as this store does (``_write``)."""
         if self._ledger is None:
-            self._ledger = SqlLedgerStore(self._engine)
+            self._ledger = SqlLedgerStore(self._engine, self._write)
         return self._ledger
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[Connection]:
+        """A write transaction: on SQLite IMMEDIATE, and one at a time in this process."""
+        with self._write_lock or contextlib.nullcontext(), self._writer.begin() as conn:
+            yield conn
 
     # --- actors and replay protection -----------------------------------------------------------
 
     def ensure_actor(self, actor_id: str, public_key: bytes, now: float) -> None:
         stmt = self._insert(t.actors).values(id=actor_id, public_key=public_key, created_at=now)
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             conn.execute(stmt.on_conflict_do_nothing(index_elements=["id"]))  # type: ignore[attr-defined]
 
     def use_nonce(self, actor_id: str, nonce: str, expires_at: float) -> None:
         row = {"actor_id": actor_id, "nonce": nonce, "expires_at": expires_at}
         try:
-            with self._engine.begin() as conn:
+            with self._write() as conn:
                 conn.execute(_NEW_NONCE, row)
         except IntegrityError as exc:
             raise Conflict("replayed signature nonce") from exc
 
     def purge_nonces(self, now: float) -> int:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             return conn.execute(t.nonces.delete().where(t.nonces.c.expires_at < now)).rowcount
 
     # --- nodes ------------------------------------------------------------------------------------
@@ -195,7 +221,7 @@ class SqlStore:
         stmt = stmt.on_conflict_do_update(  # type: ignore[attr-defined]
             index_elements=["id"], set_={**replaced, "version": t.nodes.c.version + 1}
         ).returning(t.nodes.c.version)
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             node.version = conn.execute(stmt).scalar_one()
 
     def get_node(self, node_id: str) -> Node:
@@ -210,7 +236,7 @@ class SqlStore:
     def record_heartbeat(self, node_id: str, now: float, free_slots: int, draining: bool) -> None:
         beat = {"b_id": node_id, "b_at": now, "b_free_slots": free_slots, "b_draining": draining}
         minute = int(now // 60)
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             if conn.execute(_HEARTBEAT, beat).rowcount == 0:
                 raise NotFound(f"no node {node_id}")
             # A node heartbeats several times a minute; only its minute's first one is new.
@@ -220,7 +246,7 @@ class SqlStore:
 
     def purge_heartbeat_minutes(self, before: float) -> int:
         hm = t.heartbeat_minutes
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             return conn.execute(hm.delete().where(hm.c.minute < int(before // 60))).rowcount
 
     def heartbeat_minutes(self, since: float, node_id: str | None = None) -> dict[str, int]:
@@ -239,7 +265,7 @@ class SqlStore:
 
     def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
         try:
-            with self._engine.begin() as conn:
+            with self._write() as conn:
                 conn.execute(generic_insert(t.jobs), t.job_row(job))
                 if tasks:
                     conn.execute(generic_insert(t.tasks), [t.task_row(x) for x in tasks])
@@ -270,7 +296,7 @@ class SqlStore:
     def fail_job(self, job_id: str, error: str, now: float) -> None:
         jc, live = t.jobs.c, (JobState.QUEUED.value, JobState.RUNNING.value)
         unfinished = (TaskState.QUEUED.value, TaskState.RUNNING.value)
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             failed = conn.execute(
                 update(t.jobs)
                 .where(jc.id == job_id, jc.state.in_(live))
@@ -339,7 +365,7 @@ class SqlStore:
         return [t.task_from_row(r) for r in self._rows(stmt)]
 
     def apply(self, changes: Changes) -> None:
-        with self._engine.begin() as conn:
+        with self._write() as conn:
             _update_versioned(conn, t.jobs, "job", [t.job_row(j) for j in changes.jobs])
             _update_versioned(conn, t.tasks, "task", [t.task_row(x) for x in changes.tasks])
             if changes.checkpoints:
@@ -469,7 +495,7 @@ class SqlStore:
     def append_log(self, record: LogRecord) -> int:
         values = {c.name: getattr(record, c.name) for c in t.logs.columns if c.name != "seq"}
         try:
-            with self._engine.begin() as conn:
+            with self._write() as conn:
                 result = conn.execute(generic_insert(t.logs).values(values))
                 key = result.inserted_primary_key
         except IntegrityError as exc:
@@ -560,10 +586,14 @@ def _raise_stale(conn: Connection, table: Table, kind: str, ids: list[str]) -> N
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_size=10, max_overflow=20)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed)
+        return create_engine(parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    if not parsed.database or parsed.database == ":memory:":
+        raise ConfigError(
+            "an in-memory SQLite database is one per connection; give the hub a file",
+            field="db_url",
+        )
+    Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
     _configure_sqlite(engine)
     return engine
 
@@ -584,8 +614,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # IMMEDIATE takes the write lock up front, so two processes migrating at once queue on
-        # busy_timeout instead of one failing when it upgrades its read lock.
+        # IMMEDIATE takes the write lock up front, so two writers (threads, or processes migrating
+        # at once) queue on busy_timeout instead of one failing when it upgrades its read lock.
         immediate = conn.get_execution_options().get(_SQLITE_IMMEDIATE, False)
         # On the driver's connection: through SQLAlchemy, BEGIN cost as much as a short query.
         driver: Any = conn.connection.driver_connection
