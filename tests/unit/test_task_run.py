@@ -26,6 +26,7 @@ from lumbung.wire.api import (
     TaskComplete,
     TaskRelease,
 )
+from lumbung.wire.spec import Resources
 
 RUNNER: Any = ProcessRunner(probe_isolation())
 MIB = 1024 * 1024
@@ -107,7 +108,7 @@ def _assignment(**overrides: Any) -> Assignment:
         "entrypoint": None,
         "inputs": {},
         "outputs": [],
-        "resources": {"cpus": 1, "memory_gb": 1.0, "disk_gb": 1.0, "gpus": 0},
+        "resources": Resources(cpus=1, memory_gb=1.0, disk_gb=1.0, gpus=0),
         "max_runtime_s": 60,
         "checkpoint_interval_s": 0,
         "network": False,
@@ -294,7 +295,7 @@ def test_writing_past_the_disk_budget_fails_the_task(tmp_path: Path) -> None:
     # Six files of 9 MB, each under the 10 MiB budget, 54 MB in all.
     script = "for i in 1 2 3 4 5 6; do head -c 9000000 /dev/zero > f$i; done; sleep 30"
     a = _assignment(
-        command=["sh", "-c", script], resources={"cpus": 1, "memory_gb": 1.0, "disk_gb": 0.01}
+        command=["sh", "-c", script], resources=Resources(cpus=1, memory_gb=1.0, disk_gb=0.01)
     )
     run = _run(tmp_path, session, a)
     [done] = session.completed
@@ -363,7 +364,7 @@ def test_a_gzip_bomb_checkpoint_is_never_unpacked(tmp_path: Path) -> None:
     a = _assignment(
         command=["sh", "-c", 'ls "$LUMBUNG_CHECKPOINT_DIR" | wc -l'],
         resume_from=bomb,
-        resources={"cpus": 1, "memory_gb": 1.0, "disk_gb": 0.01},
+        resources=Resources(cpus=1, memory_gb=1.0, disk_gb=0.01),
     )
     _run(tmp_path / "node", session, a)
     assert session.text("stdout").strip() == "0"

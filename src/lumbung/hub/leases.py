@@ -209,7 +209,7 @@ def _lease(ctx: HubContext, node: Node, task: Task, job: Job, now: float) -> Ass
         entrypoint=spec.entrypoint,
         inputs={i.name: i.sha256 for i in spec.inputs if i.sha256 is not None},
         outputs=spec.outputs,
-        resources=spec.resources.model_dump(mode="json"),
+        resources=spec.resources,
         max_runtime_s=spec.max_runtime_s,
         checkpoint_interval_s=spec.checkpoint_interval_s,
         network=spec.network,

@@ -131,7 +131,7 @@ class NodeAgent:
             self._start_run(assignment, gpus)
 
     def _start_run(self, assignment: Assignment, free_gpus: list[int]) -> None:
-        wanted = int(str(assignment.resources.get("gpus", 0)))
+        wanted = assignment.resources.gpus
         if wanted > len(free_gpus):
             # The hub matched this node on its total GPUs while some are busy with other slots.
             self._give_back(assignment, f"node has only {len(free_gpus)} free GPUs of {wanted}")

@@ -33,14 +33,14 @@ class Dataset:
 
 
 def disk_budget_bytes(assignment: Assignment) -> int:
-    return max(1, int(float(str(assignment.resources.get("disk_gb", 1.0))) * _GIB))
+    return max(1, int(assignment.resources.disk_gb * _GIB))
 
 
 def sandbox_spec(
     a: Assignment, workdir: WorkDir, gpus: tuple[int, ...], dataset: Dataset
 ) -> SandboxSpec:
-    cpus = int(str(a.resources.get("cpus", 1)))
-    memory_bytes = int(float(str(a.resources.get("memory_gb", 1.0))) * _GIB)
+    cpus = a.resources.cpus
+    memory_bytes = int(a.resources.memory_gb * _GIB)
     training = a.kind == "train"
     if training:
         # The sandboxed half of a DiLoCo worker; the node's courier thread talks to the hub.

@@ -6,17 +6,19 @@ the stored rows (``lumbung.store``). Times are Unix seconds (float); money is in
 What the hub takes in (registrations, reports, specs) is ``Inbound``: no NUL byte, non-finite
 number or integer beyond 64 bits gets past it, times and counts are bounded by what they mean, and
 a node's inventory (served to everyone) is bounded in every string and list, so nothing a node or
-consumer sends can fail in the store. What the hub sends out is ``Model``.
+consumer sends can fail in the store. What the hub sends out is ``Model``: a client parses it
+ignoring fields it does not know, so an older client keeps working against a newer hub.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.config import ExtraValues
 
 from lumbung.wire.fields import INT32_MAX, Inbound
-from lumbung.wire.spec import MAX_RUNTIME_S, JobSpec, Scalar
+from lumbung.wire.spec import MAX_RUNTIME_S, JobSpec, Resources, Scalar
 from lumbung.wire.train import TrainSpec
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -32,7 +34,59 @@ TaskId = Annotated[str, Field(min_length=1, max_length=64)]
 
 
 class Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A shape the hub sends: a view or a response.
+
+    Parsing one ignores fields this version does not know, at every depth: in the model itself
+    and in what it nests, request shapes included (a view's job spec, a node's inventory, an
+    assignment's resources), so a hub may add a field without breaking an older client or node.
+    Requests stay ``Inbound`` and refuse unknown fields: a hub never guesses at what a client
+    meant. The schema says the same (no ``additionalProperties: false`` on a response).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    # Validation-time ``extra`` reaches nested models too, where their own config would not.
+    @classmethod
+    def model_validate(
+        cls,
+        obj: Any,
+        *,
+        strict: bool | None = None,
+        extra: ExtraValues | None = "ignore",
+        from_attributes: bool | None = None,
+        context: Any | None = None,
+        by_alias: bool | None = None,
+        by_name: bool | None = None,
+    ) -> Self:
+        return super().model_validate(
+            obj,
+            strict=strict,
+            extra=extra,
+            from_attributes=from_attributes,
+            context=context,
+            by_alias=by_alias,
+            by_name=by_name,
+        )
+
+    @classmethod
+    def model_validate_json(
+        cls,
+        json_data: str | bytes | bytearray,
+        *,
+        strict: bool | None = None,
+        extra: ExtraValues | None = "ignore",
+        context: Any | None = None,
+        by_alias: bool | None = None,
+        by_name: bool | None = None,
+    ) -> Self:
+        return super().model_validate_json(
+            json_data,
+            strict=strict,
+            extra=extra,
+            context=context,
+            by_alias=by_alias,
+            by_name=by_name,
+        )
 
 
 # --- nodes ------------------------------------------------------------------------------------
@@ -135,7 +189,7 @@ class Assignment(Model):
     entrypoint: str | None
     inputs: dict[str, Sha256]
     outputs: list[str]
-    resources: dict[str, object]
+    resources: Resources  # the job spec's, as the consumer gave them
     max_runtime_s: int
     checkpoint_interval_s: int
     network: bool
