@@ -2,7 +2,8 @@
 
 Every report names the attempt; a node may report only on a task leased to it (403 otherwise) and
 only on the attempt it holds (409 for a stale one, e.g. after its lease expired and the task moved,
-or once the attempt is past its time limit).
+or once the attempt is past its time limit). A report that keeps losing races to other writes of
+its task (heartbeats renew the same row) is answered 503: nothing was written, send it again.
 
 Nothing a node reports is taken on trust: the times it reports count for at most how long the
 hub's clock says it held the lease (``lumbung.hub.settle.measured_runtime_s``), and a checkpoint
@@ -12,8 +13,11 @@ joins the chain only if it is an archive the next node can safely unpack.
 from __future__ import annotations
 
 import dataclasses
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
 
-from lumbung.errors import Conflict, Forbidden, LumbungError, Rejected
+from lumbung.errors import Conflict, Forbidden, LumbungError, Rejected, StaleWrite, Unavailable
 from lumbung.hub import escrow
 from lumbung.hub.context import HubContext
 from lumbung.hub.leases import lease_end, requeue
@@ -40,6 +44,38 @@ from lumbung.wire.spec import JobSpec
 
 _TRUNCATED_NOTE = "[log truncated by the hub: over the per-attempt limit]\n"
 _GIB = 1024**3
+# How often a report is read and applied again after losing a race before the node is told to
+# send it again (503). Heartbeats renew the very task row a report writes, so a race or two is
+# routine while a node reports; sixteen in a row means the row is hot for another reason.
+_REPORT_RACES = 16
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _rereads(report: Callable[P, R]) -> Callable[P, R]:
+    """``report`` run again from its first read whenever its write lost an optimistic race.
+
+    Handlers run at once, so a node's heartbeat can renew a task between its own log or
+    checkpoint report reading the task and writing it; the store then refuses the write
+    (``StaleWrite``) and nothing of it is kept. That is not a lost lease, and a 409 would make
+    the node drop a healthy task. Each try reads the task afresh, so a lease that really did
+    end meanwhile is still refused with its own 403 or 409.
+    """
+
+    @functools.wraps(report)
+    def raced(*args: P.args, **kwargs: P.kwargs) -> R:
+        for _ in range(_REPORT_RACES - 1):
+            try:
+                return report(*args, **kwargs)
+            except StaleWrite:
+                continue
+        try:
+            return report(*args, **kwargs)
+        except StaleWrite as exc:
+            raise Unavailable(f"{exc.message}; send the report again") from exc
+
+    return raced
 
 
 def held_task(ctx: HubContext, node_id: str, task_id: str, attempt: int) -> Task:
@@ -63,6 +99,7 @@ def held_task(ctx: HubContext, node_id: str, task_id: str, attempt: int) -> Task
     return task
 
 
+@_rereads
 def append_logs(ctx: HubContext, node_id: str, task_id: str, chunk: LogChunk) -> None:
     task = ctx.store.get_task(task_id)
     if task.node_id != node_id:
@@ -87,6 +124,7 @@ def append_logs(ctx: HubContext, node_id: str, task_id: str, chunk: LogChunk) ->
     )
 
 
+@_rereads
 def add_checkpoint(ctx: HubContext, node_id: str, task_id: str, report: CheckpointReport) -> None:
     """Record a checkpoint the node uploaded: a new link of the task's chain, and kept work."""
     now = ctx.clock()
@@ -142,6 +180,7 @@ def _check_archive(ctx: HubContext, report: CheckpointReport, spec: JobSpec) -> 
         raise Rejected(f"checkpoint {report.sha256}: {exc.message}", field="sha256") from exc
 
 
+@_rereads
 def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) -> Task:
     """The attempt ended: success if it exited 0 with every declared output, else a failure."""
     now = ctx.clock()
@@ -186,6 +225,7 @@ def _output_problem(ctx: HubContext, declared: list[str], outputs: dict[str, str
     return None
 
 
+@_rereads
 def release(ctx: HubContext, node_id: str, task_id: str, body: TaskRelease) -> None:
     """The node gives the task back (draining): it requeues at once with its checkpoint."""
     task = held_task(ctx, node_id, task_id, body.attempt)
@@ -193,6 +233,7 @@ def release(ctx: HubContext, node_id: str, task_id: str, body: TaskRelease) -> N
     ctx.work.notify()
 
 
+@_rereads
 def resume_failed(ctx: HubContext, node_id: str, task_id: str, report: ResumeFailed) -> None:
     """The node could not restore ``report.failed`` and resumed from ``report.resumed_from``:
     the chain's end moves back there, the failed links are rejected, and the time they kept is

@@ -78,8 +78,9 @@ def attempt_work(
 def settle_job(ctx: HubContext, job: Job, changes: Changes, now: float) -> None:
     """Bring the job's state in line with its tasks as ``changes`` will leave them.
 
-    Adds the job to ``changes`` when it moves; when a task has failed for good, the job fails and
-    its other unfinished tasks are cancelled in the same transaction.
+    Adds the job to ``changes`` when it moves, and whenever a task of it stops running, so that
+    two tasks ending at once cannot both miss the job's end; when a task has failed for good,
+    the job fails and its other unfinished tasks are cancelled in the same transaction.
     """
     if job.state in TERMINAL_JOB_STATES:
         return
@@ -103,6 +104,12 @@ def settle_job(ctx: HubContext, job: Job, changes: Changes, now: float) -> None:
         job.updated_at = now
         if state is not JobState.QUEUED:
             job.waiting_reason = None
+        changes.jobs.append(job)
+    elif any(t.state is not TaskState.RUNNING for t in changed.values()):
+        # Two tasks of a job ending at once each count the other as still running, so neither
+        # would move the job and it would stay running for ever. Writing the job row anyway
+        # makes the later of the two lose its optimistic race and count again. A lease (queued
+        # to running, the hot path) can only move the job forward, so it writes no more.
         changes.jobs.append(job)
 
 
