@@ -23,7 +23,7 @@ from hypothesis.stateful import (
 
 from lumbung.crypto.keys import Identity
 from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected, Unauthenticated
-from lumbung.ledger.balances import EscrowState, Ledger
+from lumbung.ledger.balances import EscrowState, Ledger, balance_change
 from lumbung.ledger.entries import (
     SIGNING_CONTEXT,
     EscrowLock,
@@ -365,6 +365,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.accepted.append(signed)
         expected_supply = before.supply + (body["amount"] if cls is Mint else 0)
         assert self.ledger.supply() == expected_supply, "supply changed other than by mint"
+        for user in (HUB, *USERS):  # what a statement of account shows each of them
+            moved = self.ledger.balance(user.actor_id) - before.balances.get(user.actor_id, 0)
+            assert (balance_change(signed.entry, user.actor_id) or 0) == moved, cls.__name__
         return True
 
     @initialize(amounts=st.lists(amounts, min_size=3, max_size=3))

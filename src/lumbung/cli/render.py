@@ -18,6 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from lumbung.errors import LumbungError
+from lumbung.ledger.balances import balance_change
 from lumbung.ledger.entries import Entry, SignedEntry
 from lumbung.market.plan import format_credits
 from lumbung.wire.api import (
@@ -273,23 +274,21 @@ def account_entries(actor: str, entries: Sequence[tuple[int, SignedEntry]]) -> T
     table.add_column("what")
     for index, signed in entries:
         entry = signed.entry
-        amount = getattr(entry, "amount", None)
         table.add_row(
-            str(index),
-            entry.kind.value,
-            "" if amount is None else _signed_amount(actor, entry, amount),
-            _entry_detail(entry),
+            str(index), entry.kind.value, _signed_amount(actor, entry), _entry_detail(entry)
         )
     return table
 
 
-def _signed_amount(actor: str, entry: Entry, amount: int) -> str:
-    to = getattr(entry, "to", None)
-    if to == actor and entry.author != actor:
-        return "+" + format_credits(amount)
-    if entry.author == actor and entry.kind.value in ("transfer", "escrow_lock", "stake"):
-        return "-" + format_credits(amount)
-    return format_credits(amount)  # moves within the actor's own funds, or a job's escrow
+def _signed_amount(actor: str, entry: Entry) -> str:
+    change = balance_change(entry, actor)
+    if change is None:
+        return ""
+    if change > 0:
+        return "+" + format_credits(change)
+    if change < 0:
+        return "-" + format_credits(-change)
+    return format_credits(getattr(entry, "amount", 0))  # none of the actor's spendable credits
 
 
 def _entry_detail(entry: Entry) -> str:

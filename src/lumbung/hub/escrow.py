@@ -12,6 +12,11 @@ idempotent (it pays what kept work earned minus what was already released), and 
 settles every escrow that still holds money: at start-up and every minute, so a crash only
 delays a payment. A lock whose job was never stored is refunded once it is old enough that its
 submission cannot still be on its way.
+
+A provider's stake is what a cheat caught during its work would lose, so it stays while the
+provider holds a lease: an ``unstake`` is refused then (``refuse_leased_unstakes`` names the
+entry), and checked again in the append's own transaction (``append_keeping_stake``), where no
+lease granted meanwhile, by any hub, can slip past.
 """
 
 from __future__ import annotations
@@ -20,16 +25,26 @@ import base64
 import binascii
 import functools
 import logging
+from collections.abc import Callable
 
 from lumbung.errors import Conflict, LumbungError, NotFound, Rejected
 from lumbung.hub.context import HubContext
 from lumbung.hub.ledger import Draft, LogService
 from lumbung.ledger.balances import EscrowState, Ledger
-from lumbung.ledger.entries import EscrowLock, Fee, Refund, Release, SignedEntry, decode_leaf
+from lumbung.ledger.entries import (
+    EscrowLock,
+    Fee,
+    Refund,
+    Release,
+    SignedEntry,
+    Unstake,
+    decode_leaf,
+)
 from lumbung.ledger.settlement import KeptWork, Payout, payout
 from lumbung.market.model import Job
 from lumbung.market.plan import escrow_micro, format_credits, task_budget_micro
 from lumbung.market.states import TERMINAL_JOB_STATES
+from lumbung.store.ledger import HoldsLease
 from lumbung.store.protocol import UnreadableJob
 from lumbung.wire.spec import JobSpec
 
@@ -170,6 +185,43 @@ def reconcile_job(ctx: HubContext, job_id: str) -> int:
     else:
         settle(ctx, job_id)
     return service.size - before
+
+
+def refuse_leased_unstakes(ctx: HubContext, entries: list[SignedEntry]) -> None:
+    """Refuse the batch if an ``unstake`` in it is by a provider that holds a lease (409, naming
+    the entry)."""
+    for actor, position in _unstakers(entries).items():
+        held = len(ctx.store.running_tasks(node_id=actor))
+        if held:
+            raise _holds_lease(actor, held, position)
+
+
+def append_keeping_stake(
+    log: LogService, entries: list[SignedEntry], rules: Callable[[Ledger], None]
+) -> list[int]:
+    """Append ``entries`` under ``rules``, refusing them all if a provider unstaking in them was
+    leased a task since ``refuse_leased_unstakes`` looked; returns their indexes."""
+    unstaking = _unstakers(entries)
+    try:
+        return log.append(entries, rules, list(unstaking))
+    except HoldsLease as exc:
+        raise _holds_lease(exc.actor, exc.leases, unstaking[exc.actor]) from exc
+
+
+def _unstakers(entries: list[SignedEntry]) -> dict[str, int]:
+    """Each author of an unstake and the position of its first."""
+    found: dict[str, int] = {}
+    for position, signed in enumerate(entries):
+        if isinstance(signed.entry, Unstake):
+            found.setdefault(signed.entry.author, position)
+    return found
+
+
+def _holds_lease(actor: str, leases: int, position: int) -> Conflict:
+    return Conflict(
+        f"{actor} holds {leases} lease(s); unstake once they end",
+        field=f"entries.{position}.entry.kind",
+    )
 
 
 def _require_new_job(ctx: HubContext, job_id: str) -> None:

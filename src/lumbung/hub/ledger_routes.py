@@ -24,16 +24,16 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel
 
-from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Rejected, Unavailable
+from lumbung.errors import Forbidden, LumbungError, NotFound, Rejected, Unavailable
+from lumbung.hub import escrow
 from lumbung.hub.auth import Admitted, Ctx, context
 from lumbung.hub.context import HubContext
 from lumbung.hub.cosign import accepted_witnesses, add_cosignature
 from lumbung.hub.ledger import LogService
 from lumbung.hub.write_limits import Writer, take_entries
 from lumbung.ledger.balances import Ledger
-from lumbung.ledger.entries import RESERVED_KINDS, EscrowLock, SignedEntry, Unstake, decode_leaf
+from lumbung.ledger.entries import RESERVED_KINDS, EscrowLock, SignedEntry, decode_leaf
 from lumbung.ledger.merkle import HASH_SIZE_BYTES
-from lumbung.store.ledger import HoldsLease
 
 router = APIRouter(prefix="/v1/ledger")
 
@@ -84,7 +84,7 @@ def check_market_rules(ctx: HubContext, entries: list[SignedEntry]) -> None:
     """Rules of the market on top of the ledger's own: the reserved kinds wait for the issues that
     define them (until then they would be free-form bytes kept for ever), escrow is locked only by
     submitting a job (so no lock exists without its job), and stake stays while its provider
-    holds a lease (it is what a cheat caught during that work would lose)."""
+    holds a lease (``lumbung.hub.escrow.refuse_leased_unstakes``)."""
     for position, signed in enumerate(entries):
         entry = signed.entry
         if entry.kind in RESERVED_KINDS:
@@ -98,28 +98,7 @@ def check_market_rules(ctx: HubContext, entries: list[SignedEntry]) -> None:
                 "escrow is locked by submitting the job (POST /v1/jobs), not appended alone",
                 field=f"entries.{position}.entry.kind",
             )
-        if isinstance(entry, Unstake):
-            held = len(ctx.store.running_tasks(node_id=entry.author))
-            if held:
-                raise _holds_lease(entry.author, held, position)
-
-
-def unstakers(entries: list[SignedEntry]) -> dict[str, int]:
-    """Each author of an unstake and the position of its first: the actors that must hold no
-    lease when the batch is appended (checked again in the append's transaction, where no lease
-    granted meanwhile, by any hub, can slip past)."""
-    found: dict[str, int] = {}
-    for position, signed in enumerate(entries):
-        if isinstance(signed.entry, Unstake):
-            found.setdefault(signed.entry.author, position)
-    return found
-
-
-def _holds_lease(actor: str, leases: int, position: int) -> Conflict:
-    return Conflict(
-        f"{actor} holds {leases} lease(s); unstake once they end",
-        field=f"entries.{position}.entry.kind",
-    )
+    escrow.refuse_leased_unstakes(ctx, entries)
 
 
 def funded_authors(entries: list[SignedEntry]) -> Callable[[Ledger], None]:
@@ -154,11 +133,7 @@ def append_entries(body: AppendRequest, _: Writer, ctx: Ctx, log: Log) -> dict[s
     entries = decode_entries(body.entries)
     check_market_rules(ctx, entries)
     take_entries(ctx, entries)
-    unstaking = unstakers(entries)
-    try:
-        return {"indexes": log.append(entries, funded_authors(entries), list(unstaking))}
-    except HoldsLease as exc:  # leased between the check above and the append
-        raise _holds_lease(exc.actor, exc.leases, unstaking[exc.actor]) from exc
+    return {"indexes": escrow.append_keeping_stake(log, entries, funded_authors(entries))}
 
 
 @router.post("/faucet")

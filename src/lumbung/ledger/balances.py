@@ -25,6 +25,7 @@ from typing import Any
 
 from lumbung.errors import Conflict, Forbidden, NotFound, Rejected
 from lumbung.ledger.entries import (
+    Entry,
     EscrowLock,
     Fee,
     Mint,
@@ -82,6 +83,31 @@ class _Escrow:
 
 
 _MISSING = object()
+
+
+def balance_change(entry: Entry, actor: str) -> int | None:
+    """How ``entry`` moves ``actor``'s available balance, as ``Ledger.apply`` moves it: the amount
+    paid in (positive), paid out (negative), or 0 when none of the actor's spendable credits
+    move; None for an entry that carries no amount.
+
+    The treasury's side of fees and slashes is left out: which actor is the treasury is the
+    hub's setting, not something the entry names. A statement of account reads its signs here.
+    """
+    match entry:
+        case Mint() | Release() | Refund():
+            return entry.amount if entry.to == actor else 0
+        case Transfer():
+            return (entry.amount if entry.to == actor else 0) - (
+                entry.amount if entry.author == actor else 0
+            )
+        case EscrowLock() | Stake():
+            return -entry.amount if entry.author == actor else 0
+        case Unstake():
+            return entry.amount if entry.author == actor else 0
+        case Fee() | Slash():
+            return 0
+        case _:
+            return None
 
 
 class Ledger:
