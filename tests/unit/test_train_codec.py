@@ -13,6 +13,7 @@ from lumbung.train.codec import (
     encode,
     encode_with_feedback,
     encoded_size_bytes,
+    peek_numel,
 )
 
 
@@ -121,3 +122,17 @@ def test_bad_magic_and_non_finite_values_are_refused() -> None:
     with pytest.raises(Rejected) as info:
         encode(np.full(4, 1e6, np.float32), CodecConfig("fp16"))
     assert info.value.field == "values"
+
+
+@pytest.mark.parametrize("codec", ["none", "fp16", "int8"])
+def test_the_element_count_is_read_from_the_header_alone(codec: str) -> None:
+    blob = encode(np.linspace(-1, 1, 1000, dtype=np.float32), CodecConfig(codec))  # type: ignore[arg-type]
+    assert peek_numel(blob[: HEADER.size]) == 1000
+    assert peek_numel(blob) == 1000
+
+
+def test_a_message_shorter_than_its_header_has_no_element_count() -> None:
+    blob = encode(np.zeros(8, dtype=np.float32), CodecConfig("none"))
+    with pytest.raises(Rejected, match="shorter than its header") as refused:
+        peek_numel(blob[: HEADER.size - 1])
+    assert refused.value.field == "length"

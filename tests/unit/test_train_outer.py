@@ -83,3 +83,16 @@ def test_the_torch_free_modules_import_without_torch() -> None:
         "import lumbung.train.rounds, lumbung.train.spec, lumbung.train.data\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_the_hubs_round_state_survives_its_bytes_exactly_and_writes_the_same_bytes() -> None:
+    rng = np.random.default_rng(7)
+    start = GlobalState.start(rng.standard_normal(513).astype(np.float32))
+    update = encode(rng.standard_normal(513).astype(np.float32) * 0.01, CodecConfig("int8"))
+    state = close_round(start, [update], OuterConfig(), CodecConfig("int8")).state
+    blob = state.to_bytes()
+    again = GlobalState.from_bytes(blob)
+    assert again.round_index == state.round_index == 1
+    for name in ("weights", "published", "momentum"):
+        assert np.array_equal(getattr(again, name), getattr(state, name)), name
+    assert again.to_bytes() == blob  # content-addressed: the same state, the same blob

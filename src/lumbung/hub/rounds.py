@@ -22,7 +22,6 @@ hub checks by hash.
 from __future__ import annotations
 
 import contextlib
-import io
 import logging
 import statistics
 
@@ -43,7 +42,7 @@ from lumbung.hub.reports import held_task
 from lumbung.hub.settle import current_work, measured_runtime_s
 from lumbung.market.model import Job, Round, RoundState, RoundUpdate, TaskState
 from lumbung.store.protocol import Changes
-from lumbung.train.codec import HEADER, decode, encoded_size_bytes
+from lumbung.train.codec import HEADER, decode, encoded_size_bytes, peek_numel
 from lumbung.train.rounds import FULL_WEIGHTS, GlobalState, close_round, full_weights
 from lumbung.train.spec import codec_config, outer_config
 from lumbung.wire.api import RoundInfo, RoundUpdateReport
@@ -295,7 +294,7 @@ def _base_weights(ctx: HubContext, current: Round, report: RoundUpdateReport) ->
     initial = _read_vector(ctx, report.initial_sha, "initial_sha")
     state = GlobalState.start(initial)
     current.base_sha = report.initial_sha  # written with the update that brought it
-    current.state_sha = ctx.blobs.put_bytes(_dump_state(state))
+    current.state_sha = ctx.blobs.put_bytes(state.to_bytes())
     return state.numel
 
 
@@ -345,13 +344,13 @@ def _close(ctx: HubContext, spec: TrainSpec, current: Round, updates: list[Round
     if current.state_sha is None:
         raise AssertionError("an open round with updates always has its outer state")
     now = ctx.clock()
-    state = _load_state(_read(ctx, current.state_sha))
+    state = GlobalState.from_bytes(_read(ctx, current.state_sha))
     outer, codec = outer_config(spec.outer), codec_config(spec.compression)
     closed = close_round(state, [_read(ctx, u.sha256) for u in updates], outer, codec)
     next_state = closed.state
     base_sha = ctx.blobs.put_bytes(full_weights(next_state))
     change_sha = ctx.blobs.put_bytes(closed.change)
-    state_sha = ctx.blobs.put_bytes(_dump_state(next_state))
+    state_sha = ctx.blobs.put_bytes(next_state.to_bytes())
     current.state = RoundState.CLOSED
     current.closed_at = now
     current.participants = len(updates)
@@ -395,10 +394,7 @@ def _metrics(current: Round, updates: list[RoundUpdate], now: float) -> dict[str
 
 def _numel(ctx: HubContext, sha256: str) -> int:
     with ctx.blobs.open(sha256) as f:
-        header = f.read(HEADER.size)
-    if len(header) < HEADER.size:
-        raise AssertionError(f"the hub's own weights blob {sha256} is truncated")
-    return int(HEADER.unpack(header)[5])
+        return peek_numel(f.read(HEADER.size))  # the hub's own blob: only its header is read
 
 
 def _read(ctx: HubContext, sha256: str) -> bytes:
@@ -410,36 +406,10 @@ def _read_vector(ctx: HubContext, sha256: str, field: str) -> np.ndarray:
     if not ctx.blobs.exists(sha256):
         raise Rejected(f"{sha256} was not uploaded", field=field)
     blob = _read(ctx, sha256)
-    if len(blob) < HEADER.size:
-        raise Rejected("not a weights message", field=field)
-    numel = int(HEADER.unpack_from(blob)[5])
     try:
-        values = decode(blob, numel)
+        values = decode(blob, peek_numel(blob))
     except Rejected as exc:
         raise Rejected(f"{field}: {exc.message}", field=field) from exc
-    if len(blob) != encoded_size_bytes(numel, FULL_WEIGHTS):
+    if len(blob) != encoded_size_bytes(values.size, FULL_WEIGHTS):
         raise Rejected("initial weights must be sent whole (codec none)", field=field)
     return values
-
-
-def _dump_state(state: GlobalState) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(
-        buffer,
-        round_index=np.array(state.round_index),
-        weights=state.weights,
-        published=state.published,
-        momentum=state.momentum,
-    )
-    return buffer.getvalue()
-
-
-def _load_state(blob: bytes) -> GlobalState:
-    # The hub's own blob (content-addressed, written by _dump_state): no pickles are allowed.
-    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
-        return GlobalState(
-            round_index=int(data["round_index"]),
-            weights=data["weights"].astype(np.float32),
-            published=data["published"].astype(np.float32),
-            momentum=data["momentum"].astype(np.float32),
-        )

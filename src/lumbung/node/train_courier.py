@@ -24,10 +24,10 @@ from typing import TypeVar
 import numpy as np
 
 from lumbung.client.node_session import NodeSession
-from lumbung.errors import Conflict, LumbungError, Rejected
+from lumbung.errors import Conflict, LumbungError
 from lumbung.node import workfiles
 from lumbung.node.retry import call_hub
-from lumbung.train.codec import HEADER, decode, encode
+from lumbung.train.codec import decode, encode, peek_numel
 from lumbung.train.rounds import FULL_WEIGHTS
 from lumbung.wire.api import RoundInfo, RoundUpdateReport
 
@@ -107,7 +107,7 @@ class Courier:
         if self._exists(f"{index}.initial.bin"):  # round 0 had no weights: the trainer's seeded
             initial = self._read(f"{index}.initial.bin", _WEIGHTS_MAX_BYTES)
             initial_sha = self._hub(lambda: self.session.upload_bytes(initial))
-            self.held = Held(decode(initial, _numel(initial)), initial_sha)
+            self.held = Held(decode(initial, peek_numel(initial)), initial_sha)
         if self.held is None:
             raise AssertionError("an update without the weights it was trained from")
         blob = self._read(f"{index}.update.bin", _WEIGHTS_MAX_BYTES)
@@ -147,7 +147,7 @@ class Courier:
             if _full_sha(weights) == info.base_sha:  # the same float32 sums as the hub's
                 return Held(weights, info.base_sha), len(change)
         full = self._download(info.base_sha)
-        return Held(decode(full, _numel(full)), info.base_sha), len(full)
+        return Held(decode(full, peek_numel(full)), info.base_sha), len(full)
 
     def _read(self, name: str, max_bytes: int) -> bytes:
         return workfiles.read_file(self.workdir, f"{ROUNDS}/{name}", max_bytes)
@@ -168,12 +168,6 @@ class Courier:
     def _hub(self, call: Callable[[], T]) -> T:
         """``call`` the hub, waiting out a hub that is down (a restart keeps its rounds)."""
         return call_hub(call, patience_s=HUB_PATIENCE_S, what=f"task {self.task_id}")
-
-
-def _numel(blob: bytes) -> int:
-    if len(blob) < HEADER.size:
-        raise Rejected(f"a weights message of {len(blob)} bytes has no header", field="length")
-    return int(HEADER.unpack_from(blob)[5])
 
 
 def _full_sha(weights: np.ndarray) -> str:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -30,12 +31,11 @@ import numpy as np
 from lumbung.errors import Rejected
 
 Codec = Literal["none", "fp16", "int8"]
-_CODEC_IDS: dict[str, int] = {"none": 0, "fp16": 1, "int8": 2}
-_CODEC_NAMES = {v: k for k, v in _CODEC_IDS.items()}
 MAGIC = b"LBPG"
 VERSION = 1
 # magic, version, codec id, reserved, block size, element count, SHA-256 of the body
 HEADER = struct.Struct("<4sBBHIQ32s")
+_NUMEL_AT = 5  # the element count's place in HEADER
 FP16_MAX = 65504.0
 _INT8_LEVELS = 127
 
@@ -46,7 +46,7 @@ class CodecConfig:
     block_size: int = 256  # int8 only: values sharing one float32 scale
 
     def __post_init__(self) -> None:
-        if self.codec not in _CODEC_IDS:
+        if self.codec not in _CODECS:
             raise Rejected(f"unknown codec {self.codec!r}", field="codec")
         if not 1 <= self.block_size <= 1 << 20:
             raise Rejected("block_size must be in 1..1048576", field="block_size")
@@ -54,36 +54,31 @@ class CodecConfig:
 
 def encoded_size_bytes(numel: int, config: CodecConfig) -> int:
     """The exact length of ``encode`` for ``numel`` values, without encoding them."""
-    if config.codec == "none":
-        return HEADER.size + 4 * numel
-    if config.codec == "fp16":
-        return HEADER.size + 2 * numel
-    return HEADER.size + numel + 4 * _blocks(numel, config.block_size)
+    return HEADER.size + _CODECS[config.codec].body_bytes(numel, config.block_size)
 
 
 def encode(values: np.ndarray, config: CodecConfig) -> bytes:
     """``values`` (flat float32) as bytes: header, then the body the codec produces."""
     flat = _flat_float32(values, "values")
-    if config.codec == "none":
-        body = flat.astype("<f4").tobytes()
-    elif config.codec == "fp16":
-        if np.abs(flat).max(initial=0.0) > FP16_MAX:
-            raise Rejected("a value exceeds the fp16 range (65504); use int8", field="values")
-        body = flat.astype("<f2").tobytes()
-    else:
-        scales, codes = _quantise_int8(flat, config.block_size)
-        body = scales.astype("<f4").tobytes() + codes.tobytes()
+    codec = _CODECS[config.codec]
+    body = codec.encode(flat, config.block_size)
     digest = hashlib.sha256(body).digest()
-    header = HEADER.pack(
-        MAGIC, VERSION, _CODEC_IDS[config.codec], 0, config.block_size, flat.size, digest
-    )
+    header = HEADER.pack(MAGIC, VERSION, codec.id, 0, config.block_size, flat.size, digest)
     return header + body
+
+
+def peek_numel(header: bytes) -> int:
+    """How many values a message says it holds, read from its first ``HEADER.size`` bytes
+    alone (a reader that must know the size before it reads the body); ``Rejected`` if too
+    short. Nothing else is checked: ``decode`` checks the whole message."""
+    if len(header) < HEADER.size:
+        raise Rejected(f"message of {len(header)} bytes is shorter than its header", field="length")
+    return int(HEADER.unpack_from(header)[_NUMEL_AT])
 
 
 def decode(blob: bytes, expected_numel: int) -> np.ndarray:
     """The float32 values ``blob`` carries; ``Rejected`` naming the field when anything is off."""
-    if len(blob) < HEADER.size:
-        raise Rejected(f"message of {len(blob)} bytes is shorter than its header", field="length")
+    peek_numel(blob)
     magic, version, codec_id, _, block_size, numel, digest = HEADER.unpack_from(blob)
     if magic != MAGIC:
         raise Rejected("not a pseudo-gradient message (bad magic)", field="magic")
@@ -104,7 +99,7 @@ def decode(blob: bytes, expected_numel: int) -> np.ndarray:
     body = memoryview(blob)[HEADER.size :]
     if hashlib.sha256(body).digest() != digest:
         raise Rejected("body does not match the SHA-256 in its header", field="sha256")
-    values = _decode_body(body, numel, config)
+    values = _CODECS[config.codec].decode(body, numel, block_size)
     if not np.isfinite(values).all():
         raise Rejected("message carries NaN or infinite values", field="values")
     return values
@@ -119,17 +114,24 @@ def encode_with_feedback(
     return blob, target - decode(blob, target.size)
 
 
-def _decode_body(body: memoryview, numel: int, config: CodecConfig) -> np.ndarray:
-    if config.codec == "none":
-        return np.frombuffer(body, dtype="<f4").astype(np.float32)
-    if config.codec == "fp16":
-        return np.frombuffer(body, dtype="<f2").astype(np.float32)
-    blocks = _blocks(numel, config.block_size)
+def _decode_int8(body: memoryview, numel: int, block_size: int) -> np.ndarray:
+    blocks = _blocks(numel, block_size)
     scales = np.frombuffer(body[: 4 * blocks], dtype="<f4").astype(np.float32)
     codes = np.frombuffer(body[4 * blocks :], dtype=np.int8)
-    padded = np.zeros(blocks * config.block_size, dtype=np.float32)
+    padded = np.zeros(blocks * block_size, dtype=np.float32)
     padded[:numel] = codes
-    return (padded.reshape(blocks, config.block_size) * scales[:, None]).reshape(-1)[:numel]
+    return (padded.reshape(blocks, block_size) * scales[:, None]).reshape(-1)[:numel]
+
+
+def _encode_int8(flat: np.ndarray, block_size: int) -> bytes:
+    scales, codes = _quantise_int8(flat, block_size)
+    return scales.astype("<f4").tobytes() + codes.tobytes()
+
+
+def _encode_fp16(flat: np.ndarray, block_size: int) -> bytes:
+    if np.abs(flat).max(initial=0.0) > FP16_MAX:
+        raise Rejected("a value exceeds the fp16 range (65504); use int8", field="values")
+    return flat.astype("<f2").tobytes()
 
 
 def _quantise_int8(flat: np.ndarray, block_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -153,3 +155,36 @@ def _flat_float32(values: np.ndarray, field: str) -> np.ndarray:
     if not np.isfinite(values).all():
         raise Rejected(f"{field} holds NaN or infinite values", field=field)
     return values.astype(np.float32, copy=False)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """One codec: its id in the header, and how it lays out a body of ``numel`` values."""
+
+    id: int
+    body_bytes: Callable[[int, int], int]  # (numel, block_size) -> bytes
+    encode: Callable[[np.ndarray, int], bytes]  # (flat float32, block_size) -> body
+    decode: Callable[[memoryview, int, int], np.ndarray]  # (body, numel, block_size) -> values
+
+
+_CODECS: dict[str, _Layout] = {
+    "none": _Layout(
+        0,
+        lambda numel, _: 4 * numel,
+        lambda flat, _: flat.astype("<f4").tobytes(),
+        lambda body, _n, _b: np.frombuffer(body, dtype="<f4").astype(np.float32),
+    ),
+    "fp16": _Layout(
+        1,
+        lambda numel, _: 2 * numel,
+        _encode_fp16,
+        lambda body, _n, _b: np.frombuffer(body, dtype="<f2").astype(np.float32),
+    ),
+    "int8": _Layout(
+        2,
+        lambda numel, block_size: numel + 4 * _blocks(numel, block_size),
+        _encode_int8,
+        _decode_int8,
+    ),
+}
+_CODEC_NAMES = {layout.id: name for name, layout in _CODECS.items()}

@@ -11,6 +11,7 @@ bits. Workers compute their pseudo-gradient against ``published``, the weights t
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -39,6 +40,30 @@ class GlobalState:
     @property
     def numel(self) -> int:
         return int(self.weights.size)
+
+    def to_bytes(self) -> bytes:
+        """The state as an ``.npz`` archive of its four arrays, the same bytes for the same state
+        (the hub stores it content-addressed)."""
+        buffer = io.BytesIO()
+        np.savez(
+            buffer,
+            round_index=np.array(self.round_index),
+            weights=self.weights,
+            published=self.published,
+            momentum=self.momentum,
+        )
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> GlobalState:
+        """The state ``to_bytes`` wrote; the archive may hold no pickles."""
+        with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+            return cls(
+                round_index=int(data["round_index"]),
+                weights=data["weights"].astype(np.float32),
+                published=data["published"].astype(np.float32),
+                momentum=data["momentum"].astype(np.float32),
+            )
 
 
 @dataclass(frozen=True)
