@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from lumbung.errors import Conflict, Forbidden, NotFound, Rejected
 from lumbung.hub import escrow, rounds, unreadable
+from lumbung.hub.bookkeeping import current_work
 from lumbung.hub.context import HubContext
-from lumbung.hub.settle import current_work
 from lumbung.hub.views import job_view
 from lumbung.market.fanout import tasks_for, validate_command_placeholders
 from lumbung.market.model import Job, JobState, TaskState

@@ -16,8 +16,8 @@ from dataclasses import replace
 
 from lumbung.errors import NotFound, StaleWrite
 from lumbung.hub import escrow
+from lumbung.hub.bookkeeping import attempt_deadline, attempt_work, update_job_state, work_record
 from lumbung.hub.context import HubContext
-from lumbung.hub.settle import attempt_deadline, attempt_work, settle_job, work_record
 from lumbung.hub.unreadable import readable_spec
 from lumbung.market.chain import live_chain
 from lumbung.market.fanout import render_command
@@ -197,7 +197,7 @@ def _lease(ctx: HubContext, node: Node, task: Task, job: Job, now: float) -> Ass
     spec = job.spec
     price = task_price_micro_per_hour(node, spec.resources)
     changes = Changes(tasks=[task], work=[work_record(task, price)])
-    settle_job(ctx, job, changes, now)
+    update_job_state(ctx, job, changes, now)
     ctx.store.apply(changes)
     return Assignment(
         task_id=task.id,
@@ -319,7 +319,7 @@ def time_out(ctx: HubContext, task: Task, now: float) -> None:
 def _end_lease(ctx: HubContext, job: Job, task: Task, changes: Changes, now: float) -> None:
     task.lease_expires_at = None
     task.updated_at = now
-    settle_job(ctx, job, changes, now)
+    update_job_state(ctx, job, changes, now)
     ctx.store.apply(changes)
     if job.state in TERMINAL_JOB_STATES:  # failed for good: pay what was kept, refund the rest
         escrow.settle_quietly(ctx, job.id)

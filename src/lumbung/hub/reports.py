@@ -6,8 +6,8 @@ or once the attempt is past its time limit). A report that keeps losing races to
 its task (heartbeats renew the same row) is answered 503: nothing was written, send it again.
 
 Nothing a node reports is taken on trust: the times it reports count for at most how long the
-hub's clock says it held the lease (``lumbung.hub.settle.measured_runtime_s``), and a checkpoint
-joins the chain only if it is an archive the next node can safely unpack.
+hub's clock says it held the lease (``lumbung.hub.bookkeeping.measured_runtime_s``), and a
+checkpoint joins the chain only if it is an archive the next node can safely unpack.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import ParamSpec, TypeVar
 
 from lumbung.errors import Conflict, Forbidden, LumbungError, Rejected, StaleWrite, Unavailable
 from lumbung.hub import escrow
-from lumbung.hub.context import HubContext
-from lumbung.hub.leases import lease_end, requeue
-from lumbung.hub.settle import (
+from lumbung.hub.bookkeeping import (
     attempt_deadline,
     attempt_work,
     current_work,
     measured_runtime_s,
-    settle_job,
+    update_job_state,
 )
+from lumbung.hub.context import HubContext
+from lumbung.hub.leases import lease_end, requeue
 from lumbung.market.chain import live_chain
 from lumbung.market.model import CheckpointLink, LogRecord, Task, TaskState, Work
 from lumbung.market.states import TaskEvent, fail_event, next_task_state
@@ -205,7 +205,7 @@ def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) 
         task.state = next_task_state(task.state, event)
         task.error = error
     changes = Changes(tasks=[task], work=[work])
-    settle_job(ctx, job, changes, now)
+    update_job_state(ctx, job, changes, now)
     ctx.store.apply(changes)
     escrow.settle_quietly(ctx, job.id)
     if task.state is TaskState.QUEUED:

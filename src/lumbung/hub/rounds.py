@@ -37,9 +37,9 @@ from lumbung.errors import (
     Unavailable,
 )
 from lumbung.hub import escrow
+from lumbung.hub.bookkeeping import current_work, measured_runtime_s
 from lumbung.hub.context import HubContext
 from lumbung.hub.reports import held_task
-from lumbung.hub.settle import current_work, measured_runtime_s
 from lumbung.market.model import Job, Round, RoundState, RoundUpdate, TaskState
 from lumbung.store.protocol import Changes
 from lumbung.train.codec import HEADER, decode, encoded_size_bytes, peek_numel

@@ -75,7 +75,7 @@ def attempt_work(
     return work
 
 
-def settle_job(ctx: HubContext, job: Job, changes: Changes, now: float) -> None:
+def update_job_state(ctx: HubContext, job: Job, changes: Changes, now: float) -> None:
     """Bring the job's state in line with its tasks as ``changes`` will leave them.
 
     Adds the job to ``changes`` when it moves, and whenever a task of it stops running, so that
