@@ -21,6 +21,7 @@ from lumbung.crypto.keys import Identity
 from lumbung.errors import ConfigError, NotFound, Unavailable
 from lumbung.node.bwrap import SandboxPolicy, derived_uid_base, find_bwrap
 from lumbung.node.inventory import collect_inventory
+from lumbung.node.retry import Backoff
 from lumbung.node.sandbox import ProcessRunner, Runner, probe_isolation
 from lumbung.node.task_run import TaskRun
 from lumbung.wire.api import (
@@ -35,8 +36,6 @@ from lumbung.wire.api import (
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_FIRST_S = 1.0
-_BACKOFF_MAX_S = 5.0
 _IDLE_TICK_S = 0.2
 
 
@@ -104,7 +103,7 @@ class NodeAgent:
     # --- claims ---------------------------------------------------------------------------------
 
     def _claim_loop(self, stop: threading.Event) -> None:
-        backoff_s = _BACKOFF_FIRST_S
+        backoff = Backoff()
         while not stop.is_set():
             self._reap()
             gpus = self._free_gpus()
@@ -116,13 +115,12 @@ class NodeAgent:
                 assignment = self._session.claim(self._config.claim_wait_s)
             except Unavailable as exc:
                 self._lost_hub(exc)
-                stop.wait(backoff_s)
-                backoff_s = min(backoff_s + 1.0, _BACKOFF_MAX_S)
+                stop.wait(backoff.delay_s(exc))
                 continue
             except NotFound as exc:
                 self._lost_hub(exc)
                 continue
-            backoff_s = _BACKOFF_FIRST_S
+            backoff.reset()
             if assignment is None:
                 continue
             if stop.is_set():
