@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from hubkit import Actor, Hub, archive, claim, make_hub, spec
 
-from lumbung.hub import leases, reports
+from lumbung.hub import escrow, leases, reports
 from lumbung.hub.context import HubContext
+from lumbung.market.model import JobState, TaskState
 from lumbung.market.states import TaskEvent
 from lumbung.store.protocol import Changes, Store
 from lumbung.wire.api import HeartbeatRequest, TaskReport
@@ -173,3 +174,19 @@ def test_the_last_two_tasks_of_a_job_completing_at_once_end_the_job(
     view = consumer.call("GET", f"/v1/jobs/{task_a['job_id']}")
     assert [t["state"] for t in view["tasks"]] == ["succeeded", "succeeded"]
     assert view["state"] == "succeeded"
+
+
+def test_a_job_whose_hub_stopped_before_its_recount_ends_at_the_next_reconcile(
+    racing: tuple[Hub, InterleavingStore],
+) -> None:
+    # The task's success committed, then the hub stopped: the job row still says running.
+    hub, _ = racing
+    _, task = _running(hub)
+    stored = hub.ctx.store.get_task(task["task_id"])
+    stored.state, stored.lease_expires_at, stored.progress = TaskState.SUCCEEDED, None, 1.0
+    hub.ctx.store.apply(Changes(tasks=[stored]))
+    assert hub.ctx.store.get_job(task["job_id"]).state is JobState.RUNNING
+    escrow.reconcile(hub.ctx)
+    assert hub.ctx.store.get_job(task["job_id"]).state is JobState.SUCCEEDED
+    assert hub.ctx.log is not None
+    assert hub.ctx.log.escrow(task["job_id"]).remaining == 0  # over, so settled: none held

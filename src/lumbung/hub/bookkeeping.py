@@ -10,9 +10,10 @@ hour after a second is paid for a second, and a claim of infinity or NaN never r
 
 from __future__ import annotations
 
+import logging
 import math
 
-from lumbung.errors import NotFound
+from lumbung.errors import NotFound, StaleWrite
 from lumbung.hub.context import HubContext
 from lumbung.market.model import Job, JobState, Task, TaskState, Work
 from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, job_state_of, next_task_state
@@ -20,6 +21,9 @@ from lumbung.store.protocol import Changes
 
 # Log lines quoted in a failed job's error.
 _ERROR_LOG_LINES = 10
+_RECOUNT_RACES = 16
+
+log = logging.getLogger(__name__)
 
 
 def work_record(task: Task, price_micro_per_hour: int) -> Work:
@@ -75,12 +79,37 @@ def attempt_work(
     return work
 
 
+def recount_job(ctx: HubContext, job_id: str) -> None:
+    """The job's state counted again from its tasks as committed now, written if it moved.
+
+    Tasks that stop running at once (the last two of a job completing together) each count the
+    other as still running when they are written, so neither moves the job. The later of their
+    commits is followed by a count that sees both, so calling this after every such commit ends
+    the job. Writing the job row inside each of those transactions instead would serialise every
+    completion of a big job on that one row. The escrow's reconcile calls it too, for a hub that
+    stopped between a commit and its recount.
+    """
+    for _ in range(_RECOUNT_RACES):
+        job = ctx.store.get_job(job_id)
+        changes = Changes()
+        update_job_state(ctx, job, changes, ctx.clock())
+        if not changes.jobs:
+            return
+        try:
+            ctx.store.apply(changes)
+            return
+        except StaleWrite:
+            continue  # another writer moved the job or a task meanwhile: count again
+    log.warning("job %s: its state lost every recount race; reconcile counts it again", job_id)
+
+
 def update_job_state(ctx: HubContext, job: Job, changes: Changes, now: float) -> None:
     """Bring the job's state in line with its tasks as ``changes`` will leave them.
 
-    Adds the job to ``changes`` when it moves, and whenever a task of it stops running, so that
-    two tasks ending at once cannot both miss the job's end; when a task has failed for good,
-    the job fails and its other unfinished tasks are cancelled in the same transaction.
+    Adds the job to ``changes`` when it moves; when a task has failed for good, the job fails and
+    its other unfinished tasks are cancelled in the same transaction. Two tasks ending at once
+    each count the other as unfinished, so a change that stops a task running is followed, once
+    committed, by ``recount_job``.
     """
     if job.state in TERMINAL_JOB_STATES:
         return
@@ -104,12 +133,6 @@ def update_job_state(ctx: HubContext, job: Job, changes: Changes, now: float) ->
         job.updated_at = now
         if state is not JobState.QUEUED:
             job.waiting_reason = None
-        changes.jobs.append(job)
-    elif any(t.state is not TaskState.RUNNING for t in changed.values()):
-        # Two tasks of a job ending at once each count the other as still running, so neither
-        # would move the job and it would stay running for ever. Writing the job row anyway
-        # makes the later of the two lose its optimistic race and count again. A lease (queued
-        # to running, the hot path) can only move the job forward, so it writes no more.
         changes.jobs.append(job)
 
 

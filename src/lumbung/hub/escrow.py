@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 
 from lumbung.errors import Conflict, LumbungError, NotFound, Rejected
+from lumbung.hub.bookkeeping import recount_job
 from lumbung.hub.context import HubContext
 from lumbung.hub.ledger import Draft, LogService
 from lumbung.ledger.balances import EscrowState, Ledger
@@ -183,6 +184,7 @@ def reconcile_job(ctx: HubContext, job_id: str) -> int:
             return 0  # its submission may still be storing the job
         settle(ctx, job_id, final=True)
     else:
+        recount_job(ctx, job_id)  # a hub that stopped between a task's commit and its recount
         settle(ctx, job_id)
     return service.size - before
 

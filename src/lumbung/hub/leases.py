@@ -16,7 +16,13 @@ from dataclasses import replace
 
 from lumbung.errors import NotFound, StaleWrite
 from lumbung.hub import escrow
-from lumbung.hub.bookkeeping import attempt_deadline, attempt_work, update_job_state, work_record
+from lumbung.hub.bookkeeping import (
+    attempt_deadline,
+    attempt_work,
+    recount_job,
+    update_job_state,
+    work_record,
+)
 from lumbung.hub.context import HubContext
 from lumbung.hub.unreadable import readable_spec
 from lumbung.market.chain import live_chain
@@ -321,5 +327,6 @@ def _end_lease(ctx: HubContext, job: Job, task: Task, changes: Changes, now: flo
     task.updated_at = now
     update_job_state(ctx, job, changes, now)
     ctx.store.apply(changes)
-    if job.state in TERMINAL_JOB_STATES:  # failed for good: pay what was kept, refund the rest
-        escrow.settle_quietly(ctx, job.id)
+    recount_job(ctx, job.id)
+    if ctx.store.get_job(job.id).state in TERMINAL_JOB_STATES:
+        escrow.settle_quietly(ctx, job.id)  # failed for good: pay what was kept, refund the rest

@@ -24,6 +24,7 @@ from lumbung.hub.bookkeeping import (
     attempt_work,
     current_work,
     measured_runtime_s,
+    recount_job,
     update_job_state,
 )
 from lumbung.hub.context import HubContext
@@ -207,6 +208,7 @@ def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) 
     changes = Changes(tasks=[task], work=[work])
     update_job_state(ctx, job, changes, now)
     ctx.store.apply(changes)
+    recount_job(ctx, job.id)
     escrow.settle_quietly(ctx, job.id)
     if task.state is TaskState.QUEUED:
         ctx.work.notify()
