@@ -13,7 +13,7 @@ $(BIN)/python:
 # torch first and pinned: any other torch requirement would pull a CUDA build of several GB.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[train,dev,postgres]'
+	$(BIN)/pip install --quiet -e '.[train,gpu,demo,plots,dev,postgres]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 

@@ -129,7 +129,12 @@ def write_training_results(client: Client, job: JobView, out_dir: Path) -> list[
             values = [r.metrics.get(c, "") for c in columns[2:]]
             writer.writerow([r.index, r.participants, *values, " ".join(r.devices)])
     written.append(metrics)
-    written.append(plot_losses(job, out_dir / "loss.png"))
+    if importlib.util.find_spec("matplotlib") is None:
+        render.stderr_console().print(
+            "no loss.png: plotting needs matplotlib (pip install 'lumbung[plots]')"
+        )
+    else:
+        written.append(plot_losses(job, out_dir / "loss.png"))
     return written
 
 

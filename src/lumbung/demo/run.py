@@ -10,6 +10,7 @@ its fee and the rest is refunded.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import signal
 import tempfile
@@ -27,7 +28,7 @@ from lumbung.client import Client
 from lumbung.client.audit import audit
 from lumbung.config import ClientConfig
 from lumbung.demo.cluster import Cluster
-from lumbung.errors import Unavailable
+from lumbung.errors import ConfigError, Unavailable
 from lumbung.wire.api import JobView
 
 # Three providers, cheapest first: micro-credits per CPU-core-hour (0.8, 1.2 and 2 credits).
@@ -158,6 +159,10 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 def run_demo(*, keep: bool, max_tasks: int, sweep: bool = False, long: bool = False) -> int:
     """Run the whole demo (the training, or with ``sweep`` the digits sweep); its exit code."""
+    # The nodes run the workload on this machine: without its library every task would fail.
+    needed, extra = ("sklearn", "demo") if sweep else ("torch", "train")
+    if importlib.util.find_spec(needed) is None:
+        raise ConfigError(f"this demo's workload needs {needed}: pip install 'lumbung[{extra}]'")
     console = render.stdout_console()
     root = Path(tempfile.mkdtemp(prefix="lumbung-demo-"))
     cluster = Cluster(root)
