@@ -113,6 +113,8 @@ class HubContext:
     _snapshots_lock: threading.Lock = field(default_factory=threading.Lock)
     _specs: dict[str, JobSpec] = field(default_factory=dict)
     _specs_lock: threading.Lock = field(default_factory=threading.Lock)
+    # Held while a claim chooses and leases a task (lumbung.hub.leases.claim).
+    claim_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         self.capacity = Capacity.for_connections(self.store.max_connections)

@@ -586,14 +586,22 @@ def _raise_stale(conn: Connection, table: Table, kind: str, ids: list[str]) -> N
 def _create_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        return create_engine(parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+        return create_engine(
+            parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_use_lifo=True
+        )
     if not parsed.database or parsed.database == ":memory:":
         raise ConfigError(
             "an in-memory SQLite database is one per connection; give the hub a file",
             field="db_url",
         )
     Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    # Last in, first out (PostgreSQL too): the few connections in use at a time stay the same
+    # ones and their caches warm. First in, first out handed each request the connection idle
+    # longest, whose SQLite page cache every other connection's writes had made stale; measured
+    # on the throughput benchmark, hub CPU per task fell from 15 to 9.6 ms.
+    engine = create_engine(
+        parsed, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_use_lifo=True
+    )
     _configure_sqlite(engine)
     return engine
 
