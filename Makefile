@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: demo test lint bench clean sandbox
+.PHONY: demo test test-hub lint bench clean sandbox
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -46,8 +46,17 @@ test: lint sandbox
 	$(BIN)/pytest -q -n 2 --dist loadgroup tests/e2e
 	$(BIN)/pytest -q tests/bench
 
+# The torch-free lane: the hub installs and works with none of the extras (no torch, scikit-learn,
+# matplotlib or NVML), proven by its in-process tests in a venv of its own.
+HUB_VENV := .venv-hub
+test-hub:
+	test -x $(HUB_VENV)/bin/python || $(PY) -m venv $(HUB_VENV)
+	$(HUB_VENV)/bin/pip install --quiet -e '.[dev,postgres]'
+	$(HUB_VENV)/bin/python scripts/check-no-extras
+	$(HUB_VENV)/bin/pytest -q -n 2 -p no:cacheprovider tests/integration
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dispatch.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(HUB_VENV) .pytest_cache .mypy_cache .ruff_cache
