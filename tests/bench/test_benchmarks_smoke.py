@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ _TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
-def reports() -> Iterator[dict[str, dict[str, Any]]]:
+def reports() -> dict[str, dict[str, Any]]:
     procs = {
         name: subprocess.Popen(
             [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick"],
@@ -43,7 +42,7 @@ def reports() -> Iterator[dict[str, dict[str, Any]]]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    yield results
+    return results
 
 
 def test_dispatch_benchmark_reports_latency_against_round_trip_baselines(
@@ -66,12 +65,14 @@ def test_throughput_benchmark_drains_every_task_and_compares_to_bare_fastapi(
     report = reports["throughput"]
     assert report["settings"]["tasks"] == 100
     bare = report["baseline_bare_fastapi"]
-    assert bare["requests"] == 300 and bare["requests_per_s"] > 0
+    assert bare["requests"] == 300
+    assert bare["requests_per_s"] > 0
     sqlite = report["hub"]["sqlite"]
     assert sqlite["tasks_completed"] == 100
     assert sqlite["all_jobs_succeeded"] is True
     assert sqlite["errors"] == 0, sqlite["first_errors"]
-    assert sqlite["tasks_per_s"] > 0 and sqlite["ratio_to_bare"] > 0
+    assert sqlite["tasks_per_s"] > 0
+    assert sqlite["ratio_to_bare"] > 0
     postgres = report["hub"]["postgres"]
     # PostgreSQL may be absent on a developer's machine; then the report says why.
     assert "skipped" in postgres or postgres["all_jobs_succeeded"] is True

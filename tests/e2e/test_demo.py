@@ -29,7 +29,8 @@ def test_the_demo_resumes_the_killed_task_and_settles_every_credit() -> None:
     # settled to the last micro-credit, and the audit of the ledger passed.
     assert done.returncode == 0, out
     assert "resumed from its checkpoint" in out
-    assert "Ledger verified" in out and "Settlement (from the ledger)" in out
+    assert "Ledger verified" in out
+    assert "Settlement (from the ledger)" in out
     assert "refunded" in out
 
 
@@ -48,5 +49,7 @@ def test_the_training_demo_survives_a_killed_worker_and_writes_text() -> None:
     # Exit 0 means: the job succeeded, the killed worker shrank a round, the model wrote text,
     # and the escrow settled and the ledger's audit passed.
     assert done.returncode == 0, out
-    assert "killed in round" in out and "The model writes:" in out
-    assert "data parallelism would have sent" in out and "Ledger verified" in out
+    assert "killed in round" in out
+    assert "The model writes:" in out
+    assert "data parallelism would have sent" in out
+    assert "Ledger verified" in out

@@ -67,11 +67,13 @@ def test_kill_9_of_a_node_mid_task_resumes_from_its_checkpoint_elsewhere(
     job = cluster.wait_job(job_id)
     assert job.state == "succeeded", cluster.logs()
     done = job.tasks[0]
-    assert done.attempt == 2 and done.node_id != task.node_id
+    assert done.attempt == 2
+    assert done.node_id != task.node_id
     result = _result(cluster, job_id, tmp_path)
     assert result["started_at_step"] > 0  # resumed from a checkpoint, not from scratch
     work = {w.node_name: w for w in job.work}
-    assert work["cheap"].kept_s > 0 and work["dear"].kept_s > 0
+    assert work["cheap"].kept_s > 0
+    assert work["dear"].kept_s > 0
     _assert_paid_only_for_kept_work(cluster, job_id)
 
 
@@ -219,4 +221,5 @@ def test_a_failing_task_is_retried_then_fails_the_job_with_its_logs(cluster: Clu
     job = cluster.wait_job(job_id)
     assert job.state == "failed"
     assert job.tasks[0].attempt == 2  # retries: 1
-    assert job.error is not None and "failing on purpose" in job.error
+    assert job.error is not None
+    assert "failing on purpose" in job.error

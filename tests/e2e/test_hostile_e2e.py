@@ -48,7 +48,8 @@ def test_a_node_claiming_an_hour_after_a_moment_is_paid_for_the_moment(cluster: 
     )
     job_id = cluster.client.submit(spec).job.id
     assignment = liar.claim(5.0)
-    assert assignment is not None and assignment.job_id == job_id
+    assert assignment is not None
+    assert assignment.job_id == job_id
     liar.complete(assignment.task_id, TaskComplete(attempt=1, exit_code=0, runtime_s=3600.0))
 
     job = cluster.wait_job(job_id)
@@ -58,7 +59,8 @@ def test_a_node_claiming_an_hour_after_a_moment_is_paid_for_the_moment(cluster: 
     paid = cluster.client.ledger.account(liar.node_id).balance
     assert paid == work.kept_cost_micro - work.kept_cost_micro * FEE_BPS // 10_000
     assert paid < 5 * PRICE_MICRO_PER_HOUR // 3600  # under five seconds' worth
-    assert job.escrow is not None and job.escrow.refunded_micro > 0.99 * job.escrow.locked_micro
+    assert job.escrow is not None
+    assert job.escrow.refunded_micro > 0.99 * job.escrow.locked_micro
     liar.close()
 
 

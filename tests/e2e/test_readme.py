@@ -15,7 +15,6 @@ import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -43,7 +42,7 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def workdir(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
+def workdir(tmp_path: Path) -> tuple[Path, dict[str, str], int]:
     shutil.copytree(ROOT / "examples", tmp_path / "examples")
     port = free_port()
     env = {
@@ -54,7 +53,7 @@ def workdir(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], int]]:
         # The README's client commands use the default hub URL; only its port differs here.
         "LUMBUNG_CLIENT_HUB_URL": f"http://127.0.0.1:{port}",
     }
-    yield tmp_path, env, port
+    return tmp_path, env, port
 
 
 def _wait_ready(line: str, port: int, cwd: Path, env: dict[str, str]) -> None:
@@ -92,7 +91,7 @@ def test_readme_shell_blocks_run_as_written(
             if line.endswith("&"):
                 with (cwd / f"bg{len(background)}.log").open("wb") as log:
                     background.append(
-                        subprocess.Popen(
+                        subprocess.Popen(  # noqa: S602 - the README's own shell lines, run as written
                             line.rstrip("& "),
                             shell=True,
                             cwd=cwd,
@@ -104,12 +103,13 @@ def test_readme_shell_blocks_run_as_written(
                     )
                 _wait_ready(line, port, cwd, env)
                 continue
-            done = subprocess.run(
+            done = subprocess.run(  # noqa: S602 - the README's own shell lines, run as written
                 line, shell=True, cwd=cwd, env=env, capture_output=True, text=True, timeout=240
             )
             assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
             if line.startswith("lumbung job list"):
-                assert "primes" in done.stdout and "succeeded" in done.stdout
+                assert "primes" in done.stdout
+                assert "succeeded" in done.stdout
     finally:
         for proc in background:
             if proc.poll() is None:
@@ -169,7 +169,8 @@ def test_readme_python_example_runs_as_written(
             timeout=240,
         )
         assert done.returncode == 0, done.stderr
-        assert "1 of 1 nodes fit" in done.stdout and "succeeded" in done.stdout
+        assert "1 of 1 nodes fit" in done.stdout
+        assert "succeeded" in done.stdout
     finally:
         for proc in (node, hub):
             if proc is not None and proc.poll() is None:

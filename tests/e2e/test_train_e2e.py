@@ -57,8 +57,10 @@ def test_a_train_job_across_three_nodes_ends_with_a_better_model(
     first, last = job.rounds[0].metrics, job.rounds[-1].metrics
     # Each round's base_val_loss scores the weights it started from: training lowered it.
     assert last["base_val_loss"] < first["base_val_loss"], job.rounds
-    assert first["bytes_up"] > 0 and last["bytes_down"] > 0
-    assert len(job.rounds[0].devices) == 3 and set(job.rounds[0].devices) <= {"cpu", "cuda"}
+    assert first["bytes_up"] > 0
+    assert last["bytes_down"] > 0
+    assert len(job.rounds[0].devices) == 3
+    assert set(job.rounds[0].devices) <= {"cpu", "cuda"}
     assert job.model_sha256 is not None
     dest = tmp_path / "model.bin"
     cluster.client.download(job.model_sha256, dest)
@@ -67,7 +69,8 @@ def test_a_train_job_across_three_nodes_ends_with_a_better_model(
 
     sample = lumbung_cli(cluster, "model", "sample", job_id, "--prompt", "ROMEO:", "--length", "60")
     assert sample.returncode == 0, sample.stderr
-    assert sample.stdout.startswith("ROMEO:") and len(sample.stdout.strip()) >= 60
+    assert sample.stdout.startswith("ROMEO:")
+    assert len(sample.stdout.strip()) >= 60
     out = tmp_path / "results"
     done = lumbung_cli(cluster, "job", "results", job_id, "--download", str(out))
     assert done.returncode == 0, done.stderr
@@ -110,7 +113,8 @@ def test_the_hub_killed_and_restarted_mid_round_resumes_the_round(cluster: Clust
     cluster.start_hub()  # same port, same store: round 1 carries on from what was stored
     job = cluster.wait_job(job_id, timeout_s=300)
     assert job.state == "succeeded", cluster.logs()
-    assert len(job.rounds) == 3 and all(r.participants >= 2 for r in job.rounds)
+    assert len(job.rounds) == 3
+    assert all(r.participants >= 2 for r in job.rounds)
 
 
 def test_a_model_trained_on_the_users_own_text_file_writes_with_its_characters(
@@ -125,7 +129,8 @@ def test_a_model_trained_on_the_users_own_text_file_writes_with_its_characters(
     cluster.start_node("w1", price_cpu=3_600_000, slots=2)
     cluster.wait_nodes_online(1)
     submitted = cluster.client.submit(validate_spec(spec)).job
-    assert submitted.spec.train is not None and submitted.spec.train.dataset.path is None
+    assert submitted.spec.train is not None
+    assert submitted.spec.train.dataset.path is None
     job = cluster.wait_job(submitted.id, timeout_s=300)
     assert job.state == "succeeded", cluster.logs()
     sample = lumbung_cli(

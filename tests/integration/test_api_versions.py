@@ -101,7 +101,8 @@ def test_the_grown_responses_really_hold_fields_this_version_does_not_know(hub: 
     job = raw.get("/v1/jobs").json()[0]
     assert LATER_FIELD in job
     view = raw.get(f"/v1/jobs/{job['id']}").json()
-    assert LATER_FIELD in view["spec"]["resources"] and LATER_FIELD in view["tasks"][0]
+    assert LATER_FIELD in view["spec"]["resources"]
+    assert LATER_FIELD in view["tasks"][0]
     assert LATER_FIELD not in view["tasks"][0]["params"]  # a map's keys are data
 
 
@@ -126,7 +127,8 @@ def test_an_older_consumer_submits_and_watches_on_a_newer_hub(hub: Hub) -> None:
     assert hub.ctx.log is not None
     hub.ctx.log.mint(consumer.id, 10**9)
     submitted = client.submit(job_spec)
-    assert submitted.job.spec == job_spec and submitted.plan.fits[0].name == "n1"
+    assert submitted.job.spec == job_spec
+    assert submitted.plan.fits[0].name == "n1"
     assert client.get(submitted.job.id).spec == job_spec
     assert [job.id for job in client.list()] == [submitted.job.id]
     assert client.nodes()[0].inventory.cpus == 4

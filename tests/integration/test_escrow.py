@@ -135,7 +135,8 @@ def test_a_node_that_vanishes_is_paid_only_for_work_its_checkpoint_kept(hub: Hub
 
     second = hub.node("second", price_cpu=PRICE)
     resumed = claim(second)
-    assert resumed is not None and resumed["resume_from"] == last
+    assert resumed is not None
+    assert resumed["resume_from"] == last
     complete(second, resumed, 6.0)
 
     assert balance(hub, first) == net(4 * PER_S)
@@ -357,7 +358,8 @@ def test_a_node_cannot_unstake_while_it_holds_a_lease(hub: Hub) -> None:
     task = claim(node)
     assert task is not None
     refused = append(Unstake, 600, 409)
-    assert refused["field"] == "entries.0.entry.kind" and "lease" in refused["message"]
+    assert refused["field"] == "entries.0.entry.kind"
+    assert "lease" in refused["message"]
     complete(node, task, 1.0)
     append(Unstake, 600, 200)
     assert log_of(hub).account(node.id)[1] == 0

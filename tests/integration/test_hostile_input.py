@@ -75,7 +75,8 @@ def test_a_grid_value_the_store_cannot_hold_is_refused_and_nothing_is_stored_or_
     node = hub.node("n1")
     job_id = consumer.submit(spec())["job"]["id"]
     task = claim(node)
-    assert task is not None and task["job_id"] == job_id
+    assert task is not None
+    assert task["job_id"] == job_id
 
 
 @pytest.mark.parametrize(
@@ -115,7 +116,8 @@ def test_a_spec_that_would_not_read_back_is_refused_before_its_lock(hub: Hub) ->
     with pytest.raises(Rejected) as caught:
         jobs.submit(hub.ctx, consumer.id, bad, leaf)
     assert caught.value.field == "spec.grid.x.0"
-    assert log_of(hub).size == size and hub.ctx.store.list_jobs(consumer.id) == []
+    assert log_of(hub).size == size
+    assert hub.ctx.store.list_jobs(consumer.id) == []
 
 
 # --- reports, queries, paths --------------------------------------------------------------------
@@ -160,7 +162,8 @@ def test_a_report_the_store_cannot_hold_is_refused_naming_the_field_and_changes_
     path = f"/v1/tasks/{task['task_id']}/{report}"
     assert send(node, "POST", path, body, expect=422)["field"] == field
     stored = hub.ctx.store.get_task(task["task_id"])
-    assert stored.state.value == "running" and stored.last_checkpoint_sha is None
+    assert stored.state.value == "running"
+    assert stored.last_checkpoint_sha is None
     assert stored.exit_code is None
     # The node goes on with a good report.
     run_for(node, task["task_id"], 1.0)
@@ -301,7 +304,8 @@ def test_a_submission_that_fails_after_its_lock_leaves_nothing_running_and_is_re
     listed = consumer.call("GET", "/v1/jobs")
     assert all(job["state"] == "failed" for job in listed)
     state = log_of(hub).escrow(job_id)
-    assert state.refunded == state.locked > 0 and state.remaining == 0
+    assert state.refunded == state.locked > 0
+    assert state.remaining == 0
     assert log_of(hub).account(consumer.id)[0] == state.locked
 
 
@@ -322,7 +326,8 @@ def test_fail_job_fails_a_live_job_and_cancels_only_its_unfinished_tasks(hub: Hu
 
     store.fail_job(job_id, "why", hub.clock())
     job = store.get_job(job_id)
-    assert job.state.value == "failed" and job.error == "why"
+    assert job.state.value == "failed"
+    assert job.error == "why"
     states = {t.id: t.state.value for t in store.list_tasks(job_id)}
     assert states.pop(done["task_id"]) == "succeeded"
     assert states.pop(running["task_id"]) == "cancelled"
@@ -384,18 +389,23 @@ def test_an_unreadable_job_is_failed_and_refunded_and_claims_for_the_others_go_o
     node = hub.node("n1")
 
     task = claim(node)
-    assert task is not None and task["job_id"] == good_id
+    assert task is not None
+    assert task["job_id"] == good_id
     state, error, tasks = stored_job(hub, bad["id"])
-    assert state == "failed" and tasks == ["cancelled"]
-    assert error is not None and "cannot read it back" in error
+    assert state == "failed"
+    assert tasks == ["cancelled"]
+    assert error is not None
+    assert "cannot read it back" in error
     assert ("grid.x.0" in error) == (kind != "garbage")
     locked = log_of(hub).escrow(bad["id"])
-    assert locked.refunded == locked.locked and locked.remaining == 0
+    assert locked.refunded == locked.locked
+    assert locked.remaining == 0
 
     listed = consumer.call("GET", "/v1/jobs")
     assert [job["id"] for job in listed] == [good_id]
     view = consumer.call("GET", f"/v1/jobs/{bad['id']}", expect=409)
-    assert view["field"] == "job_id" and "cannot be read back" in view["message"]
+    assert view["field"] == "job_id"
+    assert "cannot be read back" in view["message"]
     hub.actor().call("GET", f"/v1/jobs/{bad['id']}", expect=403)
     assert consumer.call("GET", f"/v1/jobs/{good_id}")["state"] == "running"
 
@@ -433,6 +443,7 @@ def test_reconcile_fails_an_unreadable_running_job_and_pays_its_kept_work(sql_hu
     assert stored_job(hub, bad["id"])[:1] == ("failed",)
     assert log_of(hub).account(node.id)[0] == 3 * PER_S  # its kept work is still paid
     locked = log_of(hub).escrow(bad["id"])
-    assert locked.refunded == PRICE - 3 * PER_S and locked.remaining == 0
+    assert locked.refunded == PRICE - 3 * PER_S
+    assert locked.remaining == 0
     beat = {"tasks": [{"task_id": task["task_id"], "attempt": task["attempt"]}]}
     assert node.call("POST", "/v1/nodes/heartbeat", beat)["cancel"] == [task["task_id"]]

@@ -26,7 +26,8 @@ def test_job_runs_from_submit_to_results(hub: Hub) -> None:
     assert submitted["plan"]["fits"][0]["node_id"] == node.id
 
     task = claim(node)
-    assert task is not None and task["inputs"] == {"main.py": code}
+    assert task is not None
+    assert task["inputs"] == {"main.py": code}
     assert task["command"] == ["python", "-c", "print(1)"]
     state = archive(b"state-1")
     ckpt = node.upload(state)
@@ -62,7 +63,8 @@ def test_job_runs_from_submit_to_results(hub: Hub) -> None:
     job = consumer.call("GET", f"/v1/jobs/{job_id}")
     assert job["state"] == "succeeded"
     assert job["tasks"][0]["checkpoints"][0]["sha256"] == ckpt
-    assert job["work"][0]["kept_s"] == 5.0 and job["work"][0]["lost_s"] == 0.0
+    assert job["work"][0]["kept_s"] == 5.0
+    assert job["work"][0]["lost_s"] == 0.0
     results = consumer.call("GET", f"/v1/jobs/{job_id}/results")
     assert results["tasks"][0]["outputs"] == {"out.txt": out}
     logs = consumer.call("GET", f"/v1/jobs/{job_id}/logs")
@@ -101,7 +103,8 @@ def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> No
     assert expire_leases(hub.ctx) == 1
     resumed = claim(second)
     assert resumed is not None
-    assert resumed["task_id"] == task["task_id"] and resumed["attempt"] == 2
+    assert resumed["task_id"] == task["task_id"]
+    assert resumed["attempt"] == 2
     assert resumed["resume_from"] == ckpt
     job = consumer.call("GET", f"/v1/jobs/{job_id}")
     work = {w["node_id"]: w for w in job["work"]}
@@ -122,7 +125,8 @@ def test_failed_task_is_retried_then_fails_the_job_with_its_last_log_lines(hub: 
     job_id = consumer.submit(spec(retries=1), expect=201)["job"]["id"]
     for attempt in (1, 2):
         task = claim(node)
-        assert task is not None and task["attempt"] == attempt
+        assert task is not None
+        assert task["attempt"] == attempt
         node.call(
             "POST",
             f"/v1/tasks/{task['task_id']}/logs",
@@ -137,7 +141,8 @@ def test_failed_task_is_retried_then_fails_the_job_with_its_last_log_lines(hub: 
         )
     job = consumer.call("GET", f"/v1/jobs/{job_id}")
     assert job["state"] == "failed"
-    assert "exit code 3" in job["error"] and "boom 2" in job["error"]
+    assert "exit code 3" in job["error"]
+    assert "boom 2" in job["error"]
     assert claim(node) is None
 
 
@@ -171,7 +176,8 @@ def test_a_job_nothing_can_run_is_queued_and_says_why(hub: Hub) -> None:
     assert submitted["job"]["state"] == "queued"
     assert "too_few_cpus" in submitted["job"]["waiting_reason"]
     plan = consumer.call("POST", "/v1/jobs/plan", {"spec": big})
-    assert plan["fits"] == [] and plan["excluded"]["too_few_cpus"] == 1
+    assert plan["fits"] == []
+    assert plan["excluded"]["too_few_cpus"] == 1
 
 
 def test_bad_spec_is_refused_naming_the_field(hub: Hub) -> None:
@@ -184,7 +190,8 @@ def test_bad_spec_is_refused_naming_the_field(hub: Hub) -> None:
 def test_unsigned_forged_and_replayed_requests_change_nothing(hub: Hub) -> None:
     consumer = hub.actor()
     response = hub.http.post("/v1/jobs", json={"spec": spec()})
-    assert response.status_code == 401 and "missing signature" in response.json()["message"]
+    assert response.status_code == 401
+    assert "missing signature" in response.json()["message"]
 
     body = {"spec": spec(), "escrow": consumer.escrow(spec())}
     request = hub.http.build_request("POST", "/v1/jobs", json=body)
@@ -197,7 +204,8 @@ def test_unsigned_forged_and_replayed_requests_change_nothing(hub: Hub) -> None:
 
     assert hub.http.send(signed).status_code == 201
     replay = hub.http.send(signed)
-    assert replay.status_code == 401 and "replayed" in replay.json()["message"]
+    assert replay.status_code == 401
+    assert "replayed" in replay.json()["message"]
     assert len(consumer.call("GET", "/v1/jobs")) == 1
 
 
@@ -223,7 +231,8 @@ def test_nodes_and_consumers_act_only_on_their_own_objects(hub: Hub) -> None:
     other.call("GET", f"/v1/jobs/{job_id}", expect=403)
     other.call("POST", f"/v1/jobs/{job_id}/cancel", expect=403)
     job = owner.call("GET", f"/v1/jobs/{job_id}")
-    assert job["tasks"][0]["state"] == "running" and job["tasks"][0]["node_id"] == holder.id
+    assert job["tasks"][0]["state"] == "running"
+    assert job["tasks"][0]["node_id"] == holder.id
     assert owner.call("GET", f"/v1/jobs/{job_id}/logs") == []
 
 
@@ -236,7 +245,8 @@ def test_uploads_must_match_their_name_and_size_limit(hub: Hub) -> None:
         headers={"x-lumbung-streamed": "1"},
         auth=SignedAuth(actor.identity, clock=hub.clock),
     )
-    assert response.status_code == 422 and response.json()["error"] == "HashMismatch"
+    assert response.status_code == 422
+    assert response.json()["error"] == "HashMismatch"
     assert not hub.ctx.blobs.exists(wrong)
     big = b"x" * (hub.ctx.config.max_blob_bytes + 1)
     hub.ctx.config = HubConfig(data_dir=hub.ctx.config.data_dir, max_blob_bytes=16)
@@ -296,7 +306,8 @@ def test_a_failed_task_is_retried_on_another_node_when_one_is_free(hub: Hub) -> 
     assert claim(cheap) is None  # it failed here; the other free node should try it
     hub.clock.advance(5.0)  # past the grace given to the cheaper node
     retry = claim(dear)
-    assert retry is not None and retry["attempt"] == 2
+    assert retry is not None
+    assert retry["attempt"] == 2
 
 
 def test_a_restarted_hub_gives_running_leases_time_to_be_renewed(hub: Hub) -> None:

@@ -206,7 +206,8 @@ def test_a_lease_past_its_time_limit_and_grace_ends_as_a_timed_out_failure_and_i
     assert work["lost_s"] == 60 + GRACE_S - 20.0  # the rest it held is lost
 
     again = claim(node)  # the retry has the same limit, and then the job fails
-    assert again is not None and again["attempt"] == 2
+    assert again is not None
+    assert again["attempt"] == 2
     assert heartbeat_until_cancelled(hub, node, again) == 60 + GRACE_S
     hub.clock.advance(5.0)
     assert expire_leases(hub.ctx) == 1
@@ -230,7 +231,8 @@ def test_no_lease_is_ever_renewed_past_its_time_limit(hub: Hub) -> None:
         hub.clock.advance(5.0)
         beat = heartbeat(node, task)
         expires = hub.ctx.store.get_task(task["task_id"]).lease_expires_at
-        assert expires is not None and expires <= limit
+        assert expires is not None
+        assert expires <= limit
     assert beat["cancel"] == [task["task_id"]]
     assert expire_leases(hub.ctx) == 1
     stored = hub.ctx.store.get_task(task["task_id"])

@@ -72,7 +72,8 @@ class Hub:
         response = self.http.get("/v1/ledger/checkpoint")
         assert response.status_code == 200, response.text
         name, key = parse_vkey(self.get("/v1/ledger/key")["vkey"])
-        assert self.ctx.log is not None and name == self.ctx.log.origin
+        assert self.ctx.log is not None
+        assert name == self.ctx.log.origin
         return open_checkpoint(response.text, name, key)
 
     def account(self, actor: str) -> dict[str, int]:
@@ -151,7 +152,8 @@ def test_malformed_leaves_are_refused_naming_the_field(hub: Hub) -> None:
     assert response.json()["field"] == "entries.0"
     too_many = {"entries": [encoded[0]] * 1001}
     response = hub.call(alice, "POST", "/v1/ledger/entries", too_many)
-    assert response.status_code == 422 and response.json()["field"] == "entries"
+    assert response.status_code == 422
+    assert response.json()["field"] == "entries"
     assert hub.size() == 0
 
 
@@ -171,7 +173,8 @@ def test_served_inclusion_proofs_verify_against_the_signed_checkpoint(hub: Hub) 
     assert by_hash["index"] == 4
     both = {"index": 1, "leaf_hash": leaf_hash(leaves[4]).hex(), "size": 7}
     response = hub.http.get("/v1/ledger/proof/inclusion", params=both)
-    assert response.status_code == 422 and response.json()["field"] == "index"
+    assert response.status_code == 422
+    assert response.json()["field"] == "index"
 
 
 def test_consistency_between_two_checkpoints_verifies(hub: Hub) -> None:

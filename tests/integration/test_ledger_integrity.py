@@ -227,7 +227,8 @@ def test_hub_serve_on_an_edited_ledger_exits_1_naming_the_leaf_without_a_traceba
         store.close()
     result = CliRunner().invoke(app, ["hub", "serve", "--data-dir", str(data_dir), "--port", "0"])
     assert result.exit_code == 1, result.output
-    assert "error:" in result.stderr and "leaf 1 does not match the stored tree" in result.stderr
+    assert "error:" in result.stderr
+    assert "leaf 1 does not match the stored tree" in result.stderr
     assert "Traceback" not in result.output
     assert not (data_dir / "port").exists()  # it never listened
 

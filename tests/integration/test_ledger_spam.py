@@ -168,7 +168,8 @@ def test_a_cosignature_from_a_key_the_hub_does_not_list_is_refused_with_403_nami
     before = hub.note()
     with pytest.raises(Forbidden, match="not a witness this hub accepts") as caught:
         stranger.round(hub.transport(stranger.identity))
-    assert caught.value.field == "vkey" and "HTTP 403" in caught.value.message
+    assert caught.value.field == "vkey"
+    assert "HTTP 403" in caught.value.message
     assert hub.note() == before
 
 
@@ -226,7 +227,8 @@ def test_a_witness_list_that_is_not_verifier_keys_fails_naming_witnesses(tmp_pat
         app, ["hub", "serve", "--data-dir", str(tmp_path), "--port", "0", "--witness", "nope"]
     )
     assert result.exit_code == 1
-    assert "witnesses" in result.stderr and "Traceback" not in result.output
+    assert "witnesses" in result.stderr
+    assert "Traceback" not in result.output
 
 
 def test_hub_serve_takes_each_witness_flag_into_the_config() -> None:
@@ -343,7 +345,8 @@ def test_a_burst_of_writes_over_the_limit_gets_429_with_retry_after(
     assert response.status_code == 429, response.text
     assert response.headers["retry-after"] == "2"  # one token at 0.5 a second
     body = response.json()
-    assert body["error"] == "RateLimited" and "at most 0.5 a second" in body["message"]
+    assert body["error"] == "RateLimited"
+    assert "at most 0.5 a second" in body["message"]
     assert hub.size() == 3
     # Other actors are not slowed by one actor's burst.
     hub.faucet(Identity.generate())
@@ -375,7 +378,8 @@ def test_entries_are_limited_per_author_whoever_signs_the_request(
     assert hub.append(alice, [_transfer(alice, seq, 1) for seq in (1, 2, 3, 4)]).status_code == 200
     # Fresh request keys are free; the author's bucket is what counts.
     response = hub.append(Identity.generate(), [_transfer(alice, seq, 1) for seq in (5, 6)])
-    assert response.status_code == 429 and response.headers["retry-after"] == "1"
+    assert response.status_code == 429
+    assert response.headers["retry-after"] == "1"
     hub.limiter_clock.now += 1.0
     assert hub.append(Identity.generate(), [_transfer(alice, 5, 1)]).status_code == 200
 
@@ -409,7 +413,8 @@ def test_a_client_still_refused_after_its_retries_raises_rate_limited_an_unavail
     with pytest.raises(RateLimited) as caught:
         transport.call("POST", "/v1/ledger/faucet")
     assert isinstance(caught.value, Unavailable)  # what nodes and the CLI already retry
-    assert caught.value.retry_after_s == 10.0 and "HTTP 429" in caught.value.message
+    assert caught.value.retry_after_s == 10.0
+    assert "HTTP 429" in caught.value.message
     assert waited == [10.0] * RATE_LIMIT_RETRIES
 
 

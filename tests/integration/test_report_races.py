@@ -145,7 +145,8 @@ def test_a_report_that_loses_every_race_is_asked_again_not_refused(
     path, body = _report("logs", node, task)
     store.interloper, store.times = _heartbeat(hub.ctx, node, task), 1000
     refusal = node.call("POST", path, body, expect=503)
-    assert refusal["error"] == "Unavailable" and "send the report again" in refusal["message"]
+    assert refusal["error"] == "Unavailable"
+    assert "send the report again" in refusal["message"]
     assert hub.ctx.store.get_task(task["task_id"]).log_bytes == 0
 
 
@@ -160,7 +161,8 @@ def test_the_last_two_tasks_of_a_job_completing_at_once_end_the_job(
     consumer.submit(spec(grid={"x": [1, 2]}))
     hub.clock.advance(hub.ctx.config.cheaper_node_grace_s + 0.1)  # either node may take either
     task_a, task_b = claim(first), claim(second)
-    assert task_a is not None and task_b is not None
+    assert task_a is not None
+    assert task_b is not None
     done = {"exit_code": 0, "outputs": {}, "runtime_s": 0.0}
 
     def other_completes() -> None:

@@ -144,7 +144,8 @@ def test_rounds_close_on_every_update_then_on_the_survivors_and_publish_the_oute
     view = consumer.call("GET", f"/v1/jobs/{job_id}")
     assert [r["participants"] for r in view["rounds"]] == [3, 2]
     first = view["rounds"][0]["metrics"]
-    assert first["bytes_up"] == 3 * len(encode(deltas[0], INT8)) and first["tokens"] == 3 * 4096
+    assert first["bytes_up"] == 3 * len(encode(deltas[0], INT8))
+    assert first["tokens"] == 3 * 4096
     assert view["rounds"][0]["devices"] == ["cpu", "cpu", "cpu"]
     assert view["model_sha256"] is not None
     assert weights(hub, view["model_sha256"]).shape == (NUMEL,)
@@ -170,7 +171,8 @@ def test_bad_updates_are_refused_naming_the_field_and_leave_the_round_unharmed(h
     assert send(nodes[1], tasks[1], 0, delta, other, 409)["field"] == "base_sha"
     short = np.zeros(NUMEL - 1, dtype=np.float32)
     body = send(nodes[1], tasks[1], 0, short, initial, 422)
-    assert body["field"] == "sha256" and "values" in body["message"]
+    assert body["field"] == "sha256"
+    assert "values" in body["message"]
     never = {**tasks[1]}
     path = f"/v1/tasks/{never['task_id']}/rounds/0/update"
     missing = {
@@ -266,7 +268,8 @@ def test_resuming_needs_a_job_that_finished_a_round(hub: Hub) -> None:
     consumer = hub.actor()
     never_ran = consumer.submit(train_spec())["job"]["id"]
     body = consumer.submit(train_spec(resume_from=never_ran), expect=422)
-    assert body["field"] == "spec.train.resume_from" and "no round" in body["message"]
+    assert body["field"] == "spec.train.resume_from"
+    assert "no round" in body["message"]
     missing = consumer.submit(train_spec(resume_from="job_" + "a" * 16), expect=404)
     assert missing["field"] == "spec.train.resume_from"
 

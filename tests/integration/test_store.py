@@ -401,7 +401,8 @@ def test_logs_get_increasing_seqs_and_are_paged_after_a_seq(store: Store) -> Non
     for i in range(5):
         seqs.append(store.append_log(LogRecord(0, job.id, task.id, 1, "stdout", f"l{i}", T0 + i)))
         store.append_log(LogRecord(0, other.id, "task_x", 1, "stderr", "noise", T0))
-    assert seqs == sorted(seqs) and len(set(seqs)) == 5
+    assert seqs == sorted(seqs)
+    assert len(set(seqs)) == 5
     page = store.list_logs(job.id, after_seq=seqs[1], limit=2)
     assert [r.text for r in page] == ["l2", "l3"]
     assert [r.seq for r in page] == seqs[2:4]

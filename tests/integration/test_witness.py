@@ -166,7 +166,8 @@ def test_the_witness_command_prints_a_fork_on_stderr_and_exits_non_zero(
     hub.mint(2)
     first = CliRunner().invoke(app, args)
     assert first.exit_code == 0, first.output
-    assert "cosigned lumbung.hub/" in first.stdout and "size 2" in first.stdout
+    assert "cosigned lumbung.hub/" in first.stdout
+    assert "size 2" in first.stdout
     target["hub"] = fork
     fork.mint(4)
     forked = CliRunner().invoke(app, args)

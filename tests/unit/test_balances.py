@@ -459,7 +459,7 @@ class LedgerMachine(RuleBasedStateMachine):
         """Valid entries that touch every kind of state, then one the ledger refuses, inside a
         tentative block: all of it is undone, to the last sequence number."""
         before = self.ledger.snapshot()
-        with pytest.raises(LumbungError), self.ledger.tentative():
+        with pytest.raises(LumbungError), self.ledger.tentative():  # noqa: PT012 - the block is the test
             for author, cls, body in (
                 (TREASURY, Mint, {"to": to.actor_id, "amount": amount}),
                 (to, EscrowLock, {"job_id": job_id, "amount": amount}),
@@ -553,7 +553,7 @@ def test_a_failed_batch_that_opened_an_escrow_leaves_none_behind() -> None:
     ledger = Ledger()
     apply(ledger, TREASURY, Mint, to=CONSUMER.actor_id, amount=10)
     before = ledger.snapshot()
-    with pytest.raises(Rejected), ledger.tentative():
+    with pytest.raises(Rejected), ledger.tentative():  # noqa: PT012 - the block is the test
         apply(ledger, CONSUMER, EscrowLock, job_id=JOBS[1], amount=10)
         apply(ledger, CONSUMER, Stake, amount=1)  # nothing left to stake
     assert ledger.snapshot() == before

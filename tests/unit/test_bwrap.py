@@ -79,7 +79,8 @@ def test_the_task_cannot_read_the_node_key_the_hub_key_or_another_task(
         """,
     )
     assert code == 0, out
-    assert "PRIVATE KEY" not in out and "OTHER TASK" not in out
+    assert "PRIVATE KEY" not in out
+    assert "OTHER TASK" not in out
     assert out.count("refused FileNotFoundError") == 3
     assert "neighbours ['mine-1']" in out
 

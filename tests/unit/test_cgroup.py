@@ -66,7 +66,8 @@ def test_a_cgroup_the_node_may_not_write_is_not_used(tmp_path: Path) -> None:
         cgroups, why = find_cgroups(mountinfo, own)
     finally:
         base.chmod(0o755)
-    assert cgroups is None and "not writable" in why
+    assert cgroups is None
+    assert "not writable" in why
 
 
 def test_this_machines_cgroups_hold_a_tasks_processes(

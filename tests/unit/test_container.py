@@ -51,7 +51,8 @@ def test_command_line_isolates_the_task_and_hides_its_secrets(tmp_path: Path) ->
     line = " ".join(argv)
     for flag in ("--network none", "--memory 1073741824", "--cpus 2", "--pids-limit 512"):
         assert flag in line
-    assert "--ulimit core=0" in line and "--read-only" in line
+    assert "--ulimit core=0" in line
+    assert "--read-only" in line
     assert f"{tmp_path}:/work" in line
     assert argv[-3:] == ["python", "/opt/lumbung/lumbung/node/entry.py", "job:main"]
     assert "s3cret" not in line  # passed through the CLI's environment, not its argv

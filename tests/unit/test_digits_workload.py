@@ -42,7 +42,7 @@ def test_sensible_config_learns_digits_and_writes_result(tmp_path: Path) -> None
     assert "resumed" not in run.stdout
     assert sum(line.startswith("epoch ") for line in run.stdout.splitlines()) == 20
     assert float((tmp_path / "progress").read_text()) == 1.0
-    state = pickle.loads((tmp_path / "checkpoint" / "state.pkl").read_bytes())
+    state = pickle.loads((tmp_path / "checkpoint" / "state.pkl").read_bytes())  # noqa: S301
     assert state["epoch"] == 20
     assert len(state["history"]) == 20
 
@@ -57,7 +57,7 @@ def test_second_run_resumes_from_the_checkpoint_epoch(tmp_path: Path) -> None:
     assert epochs_run == ["6/8", "7/8", "8/8"]
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["resumed_from_epoch"] == 5
-    state = pickle.loads((tmp_path / "checkpoint" / "state.pkl").read_bytes())
+    state = pickle.loads((tmp_path / "checkpoint" / "state.pkl").read_bytes())  # noqa: S301
     assert [h["epoch"] for h in state["history"]] == list(range(1, 9))
 
 

@@ -33,7 +33,9 @@ def test_one_queued_task_per_parameter_set_in_order() -> None:
         assert t.state is TaskState.QUEUED
         assert t.job_id == "job_x"
         assert t.queued_at == t.updated_at == 100.0
-        assert t.attempt == 0 and t.failures == 0 and t.node_id is None
+        assert t.attempt == 0
+        assert t.failures == 0
+        assert t.node_id is None
 
 
 def test_count_repeats_the_grid() -> None:
@@ -45,7 +47,8 @@ def test_count_repeats_the_grid() -> None:
 
 def test_spec_without_grid_gives_one_task_with_no_params() -> None:
     tasks = tasks_for("job_x", spec(), now=0.0)
-    assert len(tasks) == 1 and tasks[0].params == {}
+    assert len(tasks) == 1
+    assert tasks[0].params == {}
 
 
 def test_task_ids_are_fresh_task_ids() -> None:

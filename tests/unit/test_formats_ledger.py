@@ -260,9 +260,8 @@ def test_the_stored_note_signatures_verify_without_our_parser() -> None:
     text, block = note.split("\n\n")
     assert text.splitlines() == [ORIGIN, "11", _b64(_checkpoint().root)]
     log_line, witness_line = block.splitlines()
-    assert log_line.startswith(f"\u2014 {ORIGIN} ") and witness_line.startswith(
-        f"\u2014 {WITNESS_NAME} "
-    )
+    assert log_line.startswith(f"\u2014 {ORIGIN} ")
+    assert witness_line.startswith(f"\u2014 {WITNESS_NAME} ")
     log_sig = base64.b64decode(log_line.rsplit(" ", 1)[1])
     log_id = hashlib.sha256(ORIGIN.encode() + b"\n\x01" + HUB.public_key_raw).digest()[:4]
     assert log_sig[:4] == log_id

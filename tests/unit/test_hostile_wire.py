@@ -135,13 +135,15 @@ def test_train_numbers_beyond_their_range_are_refused(train: dict[str, Any], fie
 def test_a_token_budget_that_needs_more_rounds_than_the_store_counts_is_refused() -> None:
     data = train_data(rounds=None, token_budget=10**18)
     refused = refused_field(data)
-    assert refused.field == "train.token_budget" and "rounds" in refused.message
+    assert refused.field == "train.token_budget"
+    assert "rounds" in refused.message
 
 
 def test_a_price_of_zero_is_refused_saying_the_escrow_needs_a_micro_credit() -> None:
     refused = refused_field(spec_data(max_price_micro_per_hour=0))
     assert refused.field == "max_price_micro_per_hour"
-    assert "escrow" in refused.message and "at least one micro-credit" in refused.message
+    assert "escrow" in refused.message
+    assert "at least one micro-credit" in refused.message
 
 
 def test_the_smallest_price_locks_one_micro_credit() -> None:

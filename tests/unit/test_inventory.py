@@ -56,4 +56,5 @@ def test_nvml_reports_each_gpu() -> None:
         assert gpu.memory_mib > 1024
         assert gpu.driver
         major, minor = gpu.cuda_capability.split(".")
-        assert int(major) >= 3 and minor.isdigit()
+        assert int(major) >= 3
+        assert minor.isdigit()

@@ -203,7 +203,9 @@ def test_explanation_without_exclusions_has_no_excluded_sentence() -> None:
 
 def test_empty_node_list_explains_that_the_job_will_wait() -> None:
     plan = make_plan(spec(), [])
-    assert plan.fits == [] and plan.excluded == {} and plan.nodes_considered == 0
+    assert plan.fits == []
+    assert plan.excluded == {}
+    assert plan.nodes_considered == 0
     assert plan.explanation[0] == (
         "No online node can run this job now; it will wait in the queue: no nodes are registered."
     )

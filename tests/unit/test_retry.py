@@ -65,4 +65,5 @@ def test_a_refusal_is_the_callers_to_handle_and_is_not_retried(slept: list[float
 
     with pytest.raises(Conflict):
         call_hub(call, patience_s=60.0)
-    assert calls == [1] and slept == []
+    assert calls == [1]
+    assert slept == []

@@ -24,13 +24,15 @@ def test_a_yaml_spec_fans_out_into_count_times_the_grid() -> None:
     spec = parse_spec(GOOD)
     assert spec.task_count() == 12
     params = spec.task_params()
-    assert len(params) == 12 and params[0] == {"depth": 2, "lr": 0.1}
+    assert len(params) == 12
+    assert params[0] == {"depth": 2, "lr": 0.1}
     assert params[:6] == params[6:]  # count repeats the whole grid
 
 
 def test_json_is_yaml_too() -> None:
     spec = parse_spec('{"name": "j", "entrypoint": "pkg.mod:run", "max_price_micro_per_hour": 1}')
-    assert spec.entrypoint == "pkg.mod:run" and spec.task_count() == 1
+    assert spec.entrypoint == "pkg.mod:run"
+    assert spec.task_count() == 1
 
 
 @pytest.mark.parametrize(
@@ -95,7 +97,8 @@ def test_a_train_job_has_one_task_per_wanted_worker_each_with_its_shard() -> Non
     spec = validate_spec(_train(workers={"wanted": 3, "minimum": 2}))
     assert spec.task_count() == 3
     assert spec.task_params() == [{"shard": 0}, {"shard": 1}, {"shard": 2}]
-    assert spec.train is not None and spec.train.total_rounds() == 3
+    assert spec.train is not None
+    assert spec.train.total_rounds() == 3
 
 
 @pytest.mark.parametrize(

@@ -287,7 +287,8 @@ def test_missing_input_fails_before_the_task_starts(tmp_path: Path) -> None:
     session = FakeSession()
     _run(tmp_path, session, _assignment(command=["true"], inputs={"x": "0" * 64}))
     [done] = session.completed
-    assert done.error is not None and "could not prepare" in done.error
+    assert done.error is not None
+    assert "could not prepare" in done.error
 
 
 def test_writing_past_the_disk_budget_fails_the_task(tmp_path: Path) -> None:
@@ -299,7 +300,8 @@ def test_writing_past_the_disk_budget_fails_the_task(tmp_path: Path) -> None:
     )
     run = _run(tmp_path, session, a)
     [done] = session.completed
-    assert done.error is not None and done.error.startswith("disk budget exceeded")
+    assert done.error is not None
+    assert done.error.startswith("disk budget exceeded")
     assert done.runtime_s < 20
     assert not run.workdir.exists()
 
@@ -311,7 +313,8 @@ def test_a_task_that_cannot_start_is_reported_failed(tmp_path: Path) -> None:
     _run(tmp_path, session, a)
     [done] = session.completed
     assert done.exit_code == 127
-    assert done.error is not None and "cannot start the task" in done.error
+    assert done.error is not None
+    assert "cannot start the task" in done.error
 
 
 def test_a_missing_program_is_reported_with_its_name(tmp_path: Path) -> None:

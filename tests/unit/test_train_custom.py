@@ -71,7 +71,7 @@ def test_a_custom_model_is_seeded_the_same_everywhere_and_learns(code_dir: Path)
 def test_a_custom_model_that_cannot_work_is_refused_naming_the_factory(
     code_dir: Path, factory: str, why: str
 ) -> None:
-    with pytest.raises(Rejected, match=why) as caught:
+    with pytest.raises(Rejected, match=why) as caught:  # noqa: PT012 - building or calling refuses
         model = build_custom(factory, vocab_size=5, context=8, seed=0)
         model(torch.tensor([[0, 1]]))
     assert caught.value.field == "train.model.factory"
@@ -84,7 +84,8 @@ def _job(model: dict[str, object]) -> dict[str, object]:
 
 def test_a_custom_model_names_its_factory_and_only_a_custom_model_does() -> None:
     ok = validate_spec(_job({"kind": "custom", "factory": "my.models:tiny"}))
-    assert ok.train is not None and ok.train.model.factory == "my.models:tiny"
+    assert ok.train is not None
+    assert ok.train.model.factory == "my.models:tiny"
     for bad, field in (
         ({"kind": "custom"}, "train.model"),
         ({"factory": "my.models:tiny"}, "train.model"),

@@ -63,8 +63,10 @@ def test_an_impossible_download_says_so(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_whole_plays_are_held_out_for_validation(corpus: Corpus) -> None:
     assert len(corpus.train) == 40  # 42 works, two held out
-    assert "tempest" not in corpus.train and "julius_caesar" not in corpus.train
-    assert "hamlet" in corpus.train and "sonnets" in corpus.train
+    assert "tempest" not in corpus.train
+    assert "julius_caesar" not in corpus.train
+    assert "hamlet" in corpus.train
+    assert "sonnets" in corpus.train
     assert corpus.decode(corpus.validation[:11]) == "THE TEMPEST"
     assert corpus.vocab_size == len(set(corpus.vocab)) < 100
 
@@ -78,7 +80,8 @@ def test_text_round_trips_through_the_vocabulary(corpus: Corpus) -> None:
 def test_shards_cover_the_training_text_exactly_once(corpus: Corpus, sharding: str) -> None:
     shards = shard(corpus, 4, sharding)  # type: ignore[arg-type]
     total = sum(t.size for t in corpus.train.values())
-    assert len(shards) == 4 and sum(s.size for s in shards) == total
+    assert len(shards) == 4
+    assert sum(s.size for s in shards) == total
     assert min(s.size for s in shards) > 0.8 * total / 4  # balanced
     counts = np.bincount(np.concatenate(shards), minlength=corpus.vocab_size)
     expected = np.bincount(np.concatenate(list(corpus.train.values())), minlength=counts.size)
@@ -95,7 +98,9 @@ def test_batches_are_next_character_pairs_and_reproducible(corpus: Corpus) -> No
     tokens = corpus.train["hamlet"]
     first = BatchSampler(tokens, 4, 32, seed=(7, 1)).next()
     inputs, targets = BatchSampler(tokens, 4, 32, seed=(7, 1)).next()
-    assert np.array_equal(first[0], inputs) and inputs.shape == (4, 32)
+    assert np.array_equal(first[0], inputs)
+    assert inputs.shape == (4, 32)
     assert np.array_equal(inputs[:, 1:], targets[:, :-1])
     windows = validation_windows(corpus.validation, 32, 10)
-    assert windows.shape == (10, 33) and np.array_equal(windows[0], corpus.validation[:33])
+    assert windows.shape == (10, 33)
+    assert np.array_equal(windows[0], corpus.validation[:33])

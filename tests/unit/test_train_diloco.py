@@ -114,4 +114,5 @@ def test_workers_train_on_the_gpu_with_bf16_autocast(corpus: Corpus) -> None:
     base = _setup(corpus, 1, InnerSpec(lr=1e-2, warmup_steps=0))
     setup = Setup(base.model, base.inner, base.shards, base.validation, device=device)
     result = run_single(setup, steps=20)
-    assert device.type == "cuda" and np.isfinite(result.validation_loss)
+    assert device.type == "cuda"
+    assert np.isfinite(result.validation_loss)

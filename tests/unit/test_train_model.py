@@ -46,4 +46,5 @@ def test_generation_extends_the_prompt() -> None:
     model = build_model(CONFIG, 0, torch.device("cpu"))
     prompt = torch.tensor([[1, 2, 3]])
     out = model.generate(prompt, 20, generator=torch.Generator().manual_seed(0))
-    assert out.shape == (1, 23) and torch.equal(out[:, :3], prompt)
+    assert out.shape == (1, 23)
+    assert torch.equal(out[:, :3], prompt)

@@ -53,9 +53,11 @@ def test_a_bad_update_refuses_the_round_and_leaves_it_unharmed() -> None:
     with pytest.raises(Rejected) as info:
         close_round(state, [good, wrong_shape], OuterConfig(), CodecConfig("int8"))
     assert info.value.field == "shape"
-    assert state.round_index == 0 and np.all(state.weights == 1.0)
+    assert state.round_index == 0
+    assert np.all(state.weights == 1.0)
     closed = close_round(state, [good], OuterConfig(), CodecConfig("int8"))
-    assert closed.state.round_index == 1 and closed.participants == 1
+    assert closed.state.round_index == 1
+    assert closed.participants == 1
 
 
 def test_workers_applying_the_broadcast_changes_hold_what_the_hub_published() -> None:

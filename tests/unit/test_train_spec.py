@@ -32,7 +32,8 @@ def test_defaults_are_the_papers_outer_optimiser_and_int8_compression() -> None:
     spec = validate_train_spec({"rounds": 10})
     assert outer_config(spec.outer) == OuterConfig(lr=0.7, momentum=0.9, nesterov=True)
     assert codec_config(spec.compression) == CodecConfig("int8", 256)
-    assert spec.inner.kind == "adamw" and spec.inner_steps == 50
+    assert spec.inner.kind == "adamw"
+    assert spec.inner_steps == 50
     assert model_config(spec.model, 84).vocab_size == 84
 
 

@@ -42,7 +42,8 @@ def _job(dataset: dict[str, object]) -> dict[str, object]:
 
 def test_a_text_dataset_names_exactly_one_file_and_has_no_plays() -> None:
     ok = validate_spec(_job({"name": "text", "sha256": "a" * 64}))
-    assert ok.train is not None and ok.train.dataset.sha256 == "a" * 64
+    assert ok.train is not None
+    assert ok.train.dataset.sha256 == "a" * 64
     for bad in (
         {"name": "text"},
         {"name": "text", "sha256": "a" * 64, "path": "book.txt"},
@@ -52,4 +53,5 @@ def test_a_text_dataset_names_exactly_one_file_and_has_no_plays() -> None:
     ):
         with pytest.raises(Rejected) as caught:
             validate_spec(_job(bad))
-        assert caught.value.field is not None and caught.value.field.startswith("train.dataset")
+        assert caught.value.field is not None
+        assert caught.value.field.startswith("train.dataset")

@@ -212,7 +212,7 @@ def test_a_failed_write_leaves_the_tree_usable() -> None:
     tree = MerkleTree(store)
     tree.append_many(leaves[:7])
     store.fail = True
-    with pytest.raises(OSError):
+    with pytest.raises(OSError, match="disk full"):
         tree.append(leaves[7])
     assert tree.size == 7
     tree.append_many(leaves[7:])

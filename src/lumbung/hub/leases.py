@@ -149,7 +149,7 @@ def _lease_first(
     for lost in range(_CLAIM_RACES):
         # Claims at once all choose the same oldest task and one wins each race; a claim that
         # lost takes one of the next few instead, so that those still racing spread out.
-        chosen = _choose(ctx, me, others, now, skip=random.randrange(min(lost, _CLAIM_PAGE) + 1))
+        chosen = _choose(ctx, me, others, now, skip=random.randrange(min(lost, _CLAIM_PAGE) + 1))  # noqa: S311
         if chosen is None:
             return None
         try:

@@ -214,7 +214,7 @@ class LogService:
                 except StaleWrite:
                     if attempt + 1 == APPEND_ATTEMPTS:
                         raise
-                time.sleep(random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**attempt)))
+                time.sleep(random.uniform(0, min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2**attempt)))  # noqa: S311
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _append_once(

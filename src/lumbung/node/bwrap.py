@@ -175,7 +175,7 @@ class BwrapRunner:
         # TMPDIR points into the working directory, where the disk budget counts it; /tmp is
         # for programs that ignore TMPDIR, in memory and small. Mounted first, so that host paths
         # below /tmp (a working directory, a runtime) are mounted over it, not hidden by it.
-        argv += ["--perms", "1777", "--size", str(_TMP_MAX_BYTES), "--tmpfs", "/tmp"]
+        argv += ["--perms", "1777", "--size", str(_TMP_MAX_BYTES), "--tmpfs", "/tmp"]  # noqa: S108 - the sandbox's own
         etc = _etc_files()
         argv += _parent_dirs([*etc, *self.runtime, spec.workdir, *spec.read_only])
         argv += _system_links()
@@ -183,7 +183,7 @@ class BwrapRunner:
             argv += ["--ro-bind", str(path), str(path)]
         argv += ["--proc", "/proc", "--dev", "/dev"]
         shm_bytes = min(spec.memory_bytes or _SHM_MAX_BYTES, _SHM_MAX_BYTES)
-        argv += ["--perms", "1777", "--size", str(shm_bytes), "--tmpfs", "/dev/shm"]
+        argv += ["--perms", "1777", "--size", str(shm_bytes), "--tmpfs", "/dev/shm"]  # noqa: S108
         argv += _gpu_binds(spec.gpus)
         workdir = str(spec.workdir)
         argv += ["--bind", workdir, workdir]

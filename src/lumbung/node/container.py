@@ -146,7 +146,7 @@ def container_command(
     if spec.memory_bytes is not None:
         argv += ["--memory", str(spec.memory_bytes)]
     argv += ["--cpus", str(spec.cpus), "--pids-limit", str(_PIDS_LIMIT), "--ulimit", "core=0"]
-    argv += ["--read-only", "--tmpfs", "/tmp"]
+    argv += ["--read-only", "--tmpfs", "/tmp"]  # noqa: S108 - the container's own
     argv += ["-v", f"{host_workdir}:{CONTAINER_WORKDIR}", "-w", CONTAINER_WORKDIR]
     argv += ["-v", f"{Path(__file__).resolve().parents[1]}:{_LUMBUNG_MOUNT}/lumbung:ro"]
     argv += ["--user", f"{os.getuid()}:{os.getgid()}"]

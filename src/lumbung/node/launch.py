@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
     if uid is not None:
         _drop_to(uid, uid if gid is None else gid)
     try:
-        os.execvp(command[0], command)
+        os.execvp(command[0], command)  # noqa: S606 - becoming the task is the launcher's job
     except OSError as exc:
         print(f"cannot start {command[0]!r}: {exc.strerror}", file=sys.stderr)
     return EXIT_CANNOT_START

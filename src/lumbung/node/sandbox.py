@@ -173,7 +173,8 @@ class RunningProcess:
 
     def __init__(self, popen: subprocess.Popen[bytes]) -> None:
         self._popen = popen
-        assert popen.stdout is not None and popen.stderr is not None
+        assert popen.stdout is not None
+        assert popen.stderr is not None
         self._stdout: IO[bytes] = popen.stdout
         self._stderr: IO[bytes] = popen.stderr
 

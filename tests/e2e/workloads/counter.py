@@ -20,7 +20,7 @@ if os.environ.get("LUMBUNG_PARAM_CHILD") == "1":
     # are not the host's, so the test finds it by a marker in its command line.
     marker = f"599.{os.getpid()}{int(time.time() * 1000) % 10**9}"
     if os.fork() == 0:
-        os.execvp("sleep", ["sleep", marker])
+        os.execvp("sleep", ["sleep", marker])  # noqa: S606, S607
     print(f"child marker {marker}", flush=True)
 for done in range(start + 1, steps + 1):
     time.sleep(step_s)
