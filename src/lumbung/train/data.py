@@ -171,7 +171,8 @@ class BatchSampler:
 def validation_windows(tokens: np.ndarray, context: int, count: int) -> np.ndarray:
     """``count`` windows of ``context + 1`` tokens spread evenly over ``tokens``: a fixed set."""
     starts = np.linspace(0, tokens.size - context - 1, num=count).astype(np.int64)
-    return tokens[starts[:, None] + np.arange(context + 1)].astype(np.int64)
+    windows: np.ndarray = tokens[starts[:, None] + np.arange(context + 1)].astype(np.int64)
+    return windows
 
 
 def _sha256_file(path: Path) -> str:

@@ -122,7 +122,7 @@ class Worker:
         with autocast(self.device):
             loss = self.model.loss(inputs, targets)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]  # torch's stub leaves it untyped
         self.optimizer.step()
         self.steps_done += 1
         return float(loss.detach())

@@ -61,7 +61,8 @@ class Attention(nn.Module):
         q, k, v = (t.view(batch, time, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
         q, k = apply_rotary(q, tables), apply_rotary(k, tables)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        return self.out(y.transpose(1, 2).reshape(batch, time, dim))
+        out: torch.Tensor = self.out(y.transpose(1, 2).reshape(batch, time, dim))
+        return out
 
 
 class SwiGLU(nn.Module):
@@ -74,7 +75,8 @@ class SwiGLU(nn.Module):
         self.down = nn.Linear(config.mlp_hidden, config.dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        out: torch.Tensor = self.down(F.silu(self.gate(x)) * self.up(x))
+        return out
 
 
 class Block(nn.Module):
@@ -87,7 +89,8 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
         x = x + self.attention(self.attention_norm(x), tables)
-        return x + self.mlp(self.mlp_norm(x))
+        out: torch.Tensor = x + self.mlp(self.mlp_norm(x))
+        return out
 
 
 class CharLlama(nn.Module):
@@ -121,7 +124,8 @@ class CharLlama(nn.Module):
         x = self.embed(tokens)
         for block in self.blocks:
             x = block(x, self.rotary)
-        return self.head(self.norm(x))
+        logits: torch.Tensor = self.head(self.norm(x))
+        return logits
 
     def loss(self, tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits = self(tokens)
