@@ -79,8 +79,9 @@ def attempt_work(
     return work
 
 
-def recount_job(ctx: HubContext, job_id: str) -> None:
-    """The job's state counted again from its tasks as committed now, written if it moved.
+def recount_job(ctx: HubContext, job_id: str) -> JobState:
+    """The job's state counted again from its tasks as committed now, written if it moved; the
+    state it is in afterwards.
 
     Tasks that stop running at once (the last two of a job completing together) each count the
     other as still running when they are written, so neither moves the job. The later of their
@@ -94,13 +95,14 @@ def recount_job(ctx: HubContext, job_id: str) -> None:
         changes = Changes()
         update_job_state(ctx, job, changes, ctx.clock())
         if not changes.jobs:
-            return
+            return job.state
         try:
             ctx.store.apply(changes)
-            return
+            return job.state
         except StaleWrite:
             continue  # another writer moved the job or a task meanwhile: count again
     log.warning("job %s: its state lost every recount race; reconcile counts it again", job_id)
+    return ctx.store.get_job(job_id).state
 
 
 def update_job_state(ctx: HubContext, job: Job, changes: Changes, now: float) -> None:

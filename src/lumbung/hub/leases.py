@@ -338,6 +338,5 @@ def _end_lease(ctx: HubContext, job: Job, task: Task, changes: Changes, now: flo
     task.updated_at = now
     update_job_state(ctx, job, changes, now)
     ctx.store.apply(changes)
-    recount_job(ctx, job.id)
-    if ctx.store.get_job(job.id).state in TERMINAL_JOB_STATES:
+    if recount_job(ctx, job.id) in TERMINAL_JOB_STATES:
         escrow.settle_quietly(ctx, job.id)  # failed for good: pay what was kept, refund the rest

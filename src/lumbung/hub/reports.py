@@ -66,15 +66,13 @@ def _rereads(report: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(report)
     def raced(*args: P.args, **kwargs: P.kwargs) -> R:
-        for _ in range(_REPORT_RACES - 1):
+        for attempt in range(1, _REPORT_RACES + 1):
             try:
                 return report(*args, **kwargs)
-            except StaleWrite:
-                continue
-        try:
-            return report(*args, **kwargs)
-        except StaleWrite as exc:
-            raise Unavailable(f"{exc.message}; send the report again") from exc
+            except StaleWrite as exc:
+                if attempt == _REPORT_RACES:
+                    raise Unavailable(f"{exc.message}; send the report again") from exc
+        raise AssertionError("unreachable: the last race lost raises")
 
     return raced
 
