@@ -6,55 +6,34 @@ A ``TaskRun`` owns its process on its own thread. Other threads only ask it thin
 
 from __future__ import annotations
 
-import functools
 import logging
-import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 from lumbung.client import NodeSession
 from lumbung.config import NodeConfig
-from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Unavailable
-from lumbung.node import workfiles
-from lumbung.node.checkpoints import pack_dir
+from lumbung.errors import LumbungError, Unavailable
 from lumbung.node.datasets import default_cache_dir, fetch_sdist
 from lumbung.node.logs import LogShipper
-from lumbung.node.retry import call_hub
 from lumbung.node.sandbox import Runner, TaskProcess
+from lumbung.node.task_reports import LeaseLost, TaskReports
 from lumbung.node.task_spec import Dataset, disk_budget_bytes, sandbox_spec
 from lumbung.node.train_courier import Courier
 from lumbung.node.workdir import WorkDir
-from lumbung.wire.api import (
-    Assignment,
-    CheckpointReport,
-    LogChunk,
-    ResumeFailed,
-    TaskComplete,
-    TaskRelease,
-)
+from lumbung.wire import task_env
+from lumbung.wire.api import Assignment
 from lumbung.wire.train import TrainSpec
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
-# Hub calls made while the task runs (checkpoints, logs) wait this long for a hub that is away: a
-# restart behind a load balancer. Reports of a finished attempt (its outputs, completion or
-# release) wait for the node's whole hub_patience_s: that work is done and must not be lost.
-_HUB_RUNNING_PATIENCE_S = 30.0
 _SUPERVISE_TICK_S = 0.2
 # How often the working directory is measured against the task's disk budget.
 _DISK_CHECK_S = 0.5
 # How long to wait for the pipes to close after the task's group is gone.
 _PIPE_DRAIN_S = 5.0
-
-
-class LeaseLost(Conflict):
-    """The hub no longer holds this task for this node: stop it without reporting."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +58,6 @@ class TaskRun:
         self._session = session
         self._runner = runner
         self.files = WorkDir(config.data_dir / "tasks", assignment.task_id, assignment.attempt)
-        self._last_checkpoint = assignment.resume_from
         self._dataset = Dataset()
         self._disk_problem = ""
         self._request: str | None = None  # "cancel", "drain" or "lease-lost"
@@ -87,6 +65,9 @@ class TaskRun:
         self._wake = threading.Event()
         self._done = threading.Event()
         self._started_at = time.monotonic()
+        self.reports = TaskReports(
+            assignment, session, self.files, self._runtime_s, patience_s=config.hub_patience_s
+        )
         self._thread = threading.Thread(
             target=self._run, name=f"task-{assignment.task_id}", daemon=True
         )
@@ -158,21 +139,21 @@ class TaskRun:
         except LeaseLost:
             raise
         except Unavailable as exc:
-            self._release(f"node could not fetch the task's files: {exc}")
+            self.reports.release(f"node could not fetch the task's files: {exc}")
             return
         except (LumbungError, OSError) as exc:
-            self._complete(-1, {}, f"node could not prepare the task: {exc}")
+            self.reports.complete(-1, {}, f"node could not prepare the task: {exc}")
             return
         if self._request is not None:
             if self._request == "drain":
-                self._release("node draining")
+                self.reports.release("node draining")
             return
         try:
             spec = sandbox_spec(self.assignment, self.files, self.gpu_indices, self._dataset)
             process = self._runner.start(spec)
         except (OSError, ValueError, Unavailable) as exc:
             # ValueError: what Popen says of an argv or environment it cannot pass (a NUL byte).
-            self._complete(127, {}, f"cannot start the task: {exc}")
+            self.reports.complete(127, {}, f"cannot start the task: {exc}")
             return
         self._started_at = time.monotonic()
         shipper = LogShipper(self._send_logs, max_bytes=self._config.max_log_bytes)
@@ -201,44 +182,29 @@ class TaskRun:
     def _prepare(self) -> None:
         a = self.assignment
         self.files.create(training=a.kind == "train")
-        self.files.fetch_inputs(a.inputs, self._download)
+        self.files.fetch_inputs(a.inputs, self.reports.download)
         if a.kind == "train" and a.train is not None:
             self._prepare_training(a.train)
         if a.resume_from is not None:
-            self._resume([a.resume_from, *a.resume_chain])
-
-    def _download(self, sha256: str, dest: Path) -> None:
-        self._hub(functools.partial(self._session.download, sha256, dest), lease=False)
-
-    def _resume(self, chain: list[str]) -> None:
-        """Restore the newest checkpoint of ``chain`` that unpacks within the disk budget and
-        tell the hub of the newer ones that did not, so that it does not pay for them and the
-        next checkpoint chains on from what was really restored."""
-        restored = self.files.restore(
-            chain, self._download, max_bytes=disk_budget_bytes(self.assignment)
-        )
-        self._last_checkpoint = restored.sha256
-        if restored.failed:
-            report = ResumeFailed(
-                attempt=self.attempt,
-                failed=restored.failed,
-                resumed_from=restored.sha256,
-                reason="; ".join(restored.reasons)[:1000],
+            # The newest checkpoint of the chain that unpacks within the disk budget.
+            chain = [a.resume_from, *a.resume_chain]
+            restored = self.files.restore(
+                chain, self.reports.download, max_bytes=disk_budget_bytes(a)
             )
-            self._hub(lambda: self._session.resume_failed(self.task_id, report))
+            self.reports.resume_failed(restored)
 
     def _prepare_training(self, train: TrainSpec) -> None:
         """The dataset where the trainer, which has no network, can read it."""
         sha = train.dataset.sha256
         if sha is not None:
             dest = self.workdir / "dataset.txt"
-            self._download(sha, dest)
-            self._dataset = Dataset(env={"LUMBUNG_TRAIN_TEXT": str(dest)})
+            self.reports.download(sha, dest)
+            self._dataset = Dataset(env={task_env.TRAIN_TEXT: str(dest)})
         else:
             # The operator's cache (not the task's HOME): nodes on one machine share it, and
             # the sandbox shows the trainer this one file of it, read-only.
             sdist = fetch_sdist(default_cache_dir())
-            self._dataset = Dataset(env={"LUMBUNG_TRAIN_SDIST": str(sdist)}, read_only=(sdist,))
+            self._dataset = Dataset(env={task_env.TRAIN_SDIST: str(sdist)}, read_only=(sdist,))
 
     def _supervise(self, process: TaskProcess) -> tuple[str, int | None]:
         """Watch the task until it exits or must stop; (outcome, exit code if it exited)."""
@@ -277,124 +243,37 @@ class TaskRun:
     def _finish(self, outcome: str, exit_code: int | None) -> None:
         code = -9 if exit_code is None else exit_code
         if outcome == "exited":
-            outputs, missing = self._upload_outputs()
+            outputs, missing = self.reports.upload_outputs()
             error = None
             if code != 0:
                 error = f"exit code {code}"
             elif missing:
                 error = "missing output " + ", ".join(missing)
-            self._complete(code, outputs, error)
+            self.reports.complete(code, outputs, error)
         elif outcome == "timeout":
             error = f"time limit of {self.assignment.max_runtime_s} s exceeded"
-            self._complete(code, {}, error)
+            self.reports.complete(code, {}, error)
         elif outcome == "disk":
-            self._complete(code, {}, self._disk_problem)
+            self.reports.complete(code, {}, self._disk_problem)
         elif outcome == "drain":
             self._checkpoint()
-            self._release("node draining")
+            self.reports.release("node draining")
         else:
             log.info("task %s stopped (%s), not reported", self.task_id, outcome)
 
-    # --- reports to the hub ---------------------------------------------------------------------
+    # --- reports to the hub that may find the lease gone while the task runs ----------------
 
     def _checkpoint(self) -> None:
-        """Upload checkpoint/ if it changed since the last one the hub knows of."""
         try:
-            sha256 = pack_dir(self.files.checkpoint, self.files.archive)
-        except OSError as exc:
-            # Usually a file replaced while it was read; the next interval will try again.
-            log.warning("task %s: cannot pack checkpoint: %s", self.task_id, exc)
-            return
-        if sha256 is None or sha256 == self._last_checkpoint:
-            return
-        report = CheckpointReport(
-            attempt=self.attempt,
-            sha256=sha256,
-            size_bytes=self.files.archive.stat().st_size,
-            prev_sha256=self._last_checkpoint,
-            progress=self.progress(),
-            runtime_s=self._runtime_s(),
-        )
-        try:
-            self._hub(lambda: self._session.upload_file(self.files.archive))
-            self._hub(lambda: self._session.report_checkpoint(self.task_id, report))
+            self.reports.checkpoint(self.progress())
         except LeaseLost:
             self._ask("lease-lost")
-            return
-        except Unavailable as exc:
-            log.warning("task %s: checkpoint not uploaded: %s", self.task_id, exc)
-            return
-        self._last_checkpoint = sha256
-        log.info("task %s: checkpoint %s (%d bytes)", self.task_id, sha256[:12], report.size_bytes)
-
-    def _upload_outputs(self) -> tuple[dict[str, str], list[str]]:
-        """Upload each declared output that is a regular file; (name -> hash, missing names).
-
-        A hub that stays unreachable past the node's patience raises ``Unavailable``: the attempt
-        then ends unreported (its lease runs out, which costs no retry), never as "missing".
-        """
-        outputs: dict[str, str] = {}
-        missing: list[str] = []
-        for name in self.assignment.outputs:
-            try:
-                fd = workfiles.open_file(self.workdir, name)
-            except (LumbungError, OSError):
-                missing.append(name)  # absent, a link (to any file of the node's), not a file
-                continue
-            try:
-                # The open descriptor's path: what is uploaded is the file checked, whatever
-                # happens to the name meanwhile.
-                path = Path(f"/proc/self/fd/{fd}")
-                upload = functools.partial(self._session.upload_file, path)
-                outputs[name] = self._hub(upload, patience_s=self._config.hub_patience_s)
-            finally:
-                os.close(fd)
-        return outputs, missing
 
     def _send_logs(self, stream: str, text: str) -> None:
-        chunk = LogChunk(attempt=self.attempt, stream=stream, text=text)  # type: ignore[arg-type]
         try:
-            self._hub(lambda: self._session.send_logs(self.task_id, chunk))
+            self.reports.logs(stream, text)
         except LeaseLost:
             self._ask("lease-lost")
-
-    def _complete(self, exit_code: int, outputs: dict[str, str], error: str | None) -> None:
-        result = TaskComplete(
-            attempt=self.attempt,
-            exit_code=exit_code,
-            outputs=outputs,
-            runtime_s=self._runtime_s(),
-            error=error,
-        )
-        self._hub(
-            lambda: self._session.complete(self.task_id, result),
-            patience_s=self._config.hub_patience_s,
-        )
-        log.info("task %s attempt %d: %s", self.task_id, self.attempt, error or "done")
-
-    def _release(self, reason: str) -> None:
-        release = TaskRelease(attempt=self.attempt, runtime_s=self._runtime_s(), reason=reason)
-        self._hub(
-            lambda: self._session.release(self.task_id, release),
-            patience_s=self._config.hub_patience_s,
-        )
-        log.info("task %s released: %s", self.task_id, reason)
 
     def _runtime_s(self) -> float:
         return max(0.0, time.monotonic() - self._started_at)
-
-    def _hub(
-        self,
-        call: Callable[[], T],
-        *,
-        lease: bool = True,
-        patience_s: float = _HUB_RUNNING_PATIENCE_S,
-    ) -> T:
-        """Call the hub (``lumbung.node.retry``); a refusal means the lease is gone
-        (``LeaseLost``), unless ``lease`` is False."""
-        try:
-            return call_hub(call, patience_s=patience_s, what=f"task {self.task_id}")
-        except (Forbidden, Conflict, NotFound) as exc:
-            if not lease:
-                raise
-            raise LeaseLost(str(exc)) from exc

@@ -1,21 +1,18 @@
-"""What a task is given to run with: its argv, limits and the ``LUMBUNG_*`` environment contract.
+"""What a task is given to run with: its argv, limits and environment.
 
-The environment is the whole interface between a node and the code it runs (README: "A task runs
-in a fresh working directory with a scrubbed environment that holds ..."): ``LUMBUNG_TASK_ID``,
-``LUMBUNG_JOB_ID``, ``LUMBUNG_ATTEMPT``, ``LUMBUNG_PARAMS`` (JSON) and ``LUMBUNG_PARAM_<NAME>``
-per parameter, ``LUMBUNG_INPUTS_DIR``, ``LUMBUNG_CHECKPOINT_DIR``, ``LUMBUNG_PROGRESS_FILE``, and
-for a train worker ``LUMBUNG_TRAIN_SPEC``, ``LUMBUNG_TRAIN_DIR`` and its dataset's variable.
+The environment is the whole interface between a node and the code it runs; its names are
+``lumbung.wire.task_env``'s and its values are pinned by docs/formats.md's golden vectors.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lumbung.node.sandbox import SandboxSpec, scrubbed_env
 from lumbung.node.workdir import WorkDir
+from lumbung.wire import task_env as names
 from lumbung.wire.api import Assignment
 
 _GIB = 1024**3
@@ -71,22 +68,20 @@ def task_env(
     # Empty for CPU tasks: a task sees only the GPUs the node handed it.
     env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in gpus)
     env.update(
-        LUMBUNG_TASK_ID=a.task_id,
-        LUMBUNG_JOB_ID=a.job_id,
-        LUMBUNG_ATTEMPT=str(a.attempt),
-        LUMBUNG_CHECKPOINT_DIR=str(workdir.checkpoint),
-        LUMBUNG_PROGRESS_FILE=str(workdir.progress_file),
-        LUMBUNG_INPUTS_DIR=str(workdir.inputs),
-        LUMBUNG_PARAMS=json.dumps(a.params, sort_keys=True),
+        {
+            names.TASK_ID: a.task_id,
+            names.JOB_ID: a.job_id,
+            names.ATTEMPT: str(a.attempt),
+            names.CHECKPOINT_DIR: str(workdir.checkpoint),
+            names.PROGRESS_FILE: str(workdir.progress_file),
+            names.INPUTS_DIR: str(workdir.inputs),
+            names.PARAMS: names.params_json(a.params),
+        }
     )
     for name, value in a.params.items():
-        env[f"LUMBUNG_PARAM_{name.upper()}"] = (
-            value if isinstance(value, str) else json.dumps(value)
-        )
+        env[names.param_name(name)] = names.param_value(value)
     if a.kind == "train" and a.train is not None:
-        env.update(
-            LUMBUNG_TRAIN_SPEC=a.train.model_dump_json(),
-            LUMBUNG_TRAIN_DIR=str(workdir.rounds),
-            **dataset.env,
-        )
+        env[names.TRAIN_SPEC] = a.train.model_dump_json()
+        env[names.TRAIN_DIR] = str(workdir.rounds)
+        env.update(dataset.env)
     return env

