@@ -39,21 +39,23 @@ lint: $(STAMP)
 
 # In-process tests on both cores. End-to-end tests two at a time, the CPU-heavy training ones
 # one after another on one worker (--dist loadgroup, xdist_group "training"). Benchmark smoke
-# tests last and alone: they time what they run.
+# tests last and alone: they time what they run. Coverage is of the in-process tests.
 test: lint sandbox
 	bash scripts/check-postgres
-	$(BIN)/pytest -q -n 2 tests/unit tests/integration
+	$(BIN)/pytest -q -n 2 --cov --cov-report=term tests/unit tests/integration
 	$(BIN)/pytest -q -n 2 --dist loadgroup tests/e2e
 	$(BIN)/pytest -q tests/bench
 
 # The torch-free lane: the hub installs and works with none of the extras (no torch, scikit-learn,
-# matplotlib or NVML), proven by its in-process tests in a venv of its own.
+# matplotlib or NVML), proven by its in-process tests in a venv of its own: the unit tests of
+# every package a hub imports, and the hub's integration tests.
 HUB_VENV := .venv-hub
+HUB_UNIT := $(addprefix tests/unit/,ledger market wire crypto store hub test_config.py)
 test-hub:
 	test -x $(HUB_VENV)/bin/python || $(PY) -m venv $(HUB_VENV)
 	$(HUB_VENV)/bin/pip install --quiet -e '.[dev,postgres]'
 	$(HUB_VENV)/bin/python scripts/check-no-extras
-	$(HUB_VENV)/bin/pytest -q -n 2 -p no:cacheprovider tests/integration
+	$(HUB_VENV)/bin/pytest -q -n 2 -p no:cacheprovider $(HUB_UNIT) tests/integration
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/dispatch.py

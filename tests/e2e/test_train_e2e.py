@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from factories import train_job
 
 from conftest import Cluster, lumbung_cli, wait_for
 from lumbung.node.datasets import default_cache_dir, fetch_sdist
@@ -24,20 +25,17 @@ TINY_MODEL = {"dim": 32, "layers": 1, "heads": 2, "context": 32, "mlp_hidden": 6
 
 
 def train_spec(rounds: int, inner_steps: int = 20, deadline_s: float = 60) -> dict[str, Any]:
-    return {
-        "name": "shakespeare-lm",
-        "kind": "train",
-        "train": {
-            "model": TINY_MODEL,
-            "workers": {"wanted": 3, "minimum": 2},
-            "inner_steps": inner_steps,
-            "inner": {"lr": 0.01, "warmup_steps": 5, "batch_size": 8},
-            "rounds": rounds,
-            "round_deadline_s": deadline_s,
-        },
-        "max_price_micro_per_hour": 36_000_000,
-        "max_runtime_s": 600,
+    train = {
+        "model": TINY_MODEL,
+        "workers": {"wanted": 3, "minimum": 2},
+        "inner_steps": inner_steps,
+        "inner": {"lr": 0.01, "warmup_steps": 5, "batch_size": 8},
+        "rounds": rounds,
+        "round_deadline_s": deadline_s,
     }
+    return train_job(
+        train, name="shakespeare-lm", max_price_micro_per_hour=36_000_000, max_runtime_s=600
+    )
 
 
 def start_trainers(cluster: Cluster) -> None:

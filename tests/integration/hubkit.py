@@ -141,19 +141,6 @@ def make_hub(store: Store, tmp_path: Any, **config_fields: Any) -> Hub:
     return Hub(ctx, TestClient(create_app(ctx, reaper=False)), clock)
 
 
-def spec(**overrides: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {
-        "name": "t",
-        "command": ["python", "-c", "print({x})"],
-        "grid": {"x": [1]},
-        "max_price_micro_per_hour": 50_000,
-        "retries": 1,
-        "outputs": [],
-    }
-    base.update(overrides)
-    return base
-
-
 def claim(node: Actor) -> dict[str, Any] | None:
     result: dict[str, Any] | None = node.call("POST", "/v1/tasks/claim", {"wait_s": 0})[
         "assignment"

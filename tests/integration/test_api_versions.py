@@ -15,7 +15,8 @@ from typing import Any
 
 import httpx
 import pytest
-from hubkit import Hub, make_hub, spec
+from factories import run_job
+from hubkit import Hub, make_hub
 
 from lumbung.client import Client, NodeSession
 from lumbung.client.auth import SignedAuth
@@ -94,7 +95,7 @@ def _registration() -> NodeRegister:
 
 def test_the_grown_responses_really_hold_fields_this_version_does_not_know(hub: Hub) -> None:
     consumer = hub.actor()
-    consumer.submit(spec())
+    consumer.submit(run_job())
     raw = httpx.Client(
         base_url=HUB_URL, transport=_newer_hub(hub), auth=SignedAuth(consumer.identity)
     )
@@ -108,7 +109,7 @@ def test_the_grown_responses_really_hold_fields_this_version_does_not_know(hub: 
 
 def test_an_older_node_registers_heartbeats_and_claims_from_a_newer_hub(hub: Hub) -> None:
     consumer = hub.actor()
-    consumer.submit(spec(resources={"cpus": 2}))
+    consumer.submit(run_job(resources={"cpus": 2}))
     node = hub.actor()
     session = NodeSession(HUB_URL, node.identity, transport=_newer_hub(hub))
     assert session.register(_registration()).inventory.cpus == 4
@@ -123,7 +124,7 @@ def test_an_older_consumer_submits_and_watches_on_a_newer_hub(hub: Hub) -> None:
     hub.node("n1")
     consumer = hub.actor()
     client = Client(HUB_URL, consumer.identity, transport=_newer_hub(hub))
-    job_spec = validate_spec(spec())
+    job_spec = validate_spec(run_job())
     assert hub.ctx.log is not None
     hub.ctx.log.mint(consumer.id, 10**9)
     submitted = client.submit(job_spec)
@@ -151,7 +152,7 @@ def test_an_older_consumer_submits_and_watches_on_a_newer_hub(hub: Hub) -> None:
             f"inventory.{LATER_FIELD}",
         ),
         ("/v1/nodes/heartbeat", {"free_slots": 0, LATER_FIELD: 1}, LATER_FIELD),
-        ("/v1/jobs/plan", {"spec": spec(resources={"gpu": 1})}, "spec.resources.gpu"),
+        ("/v1/jobs/plan", {"spec": run_job(resources={"gpu": 1})}, "spec.resources.gpu"),
     ],
 )
 def test_a_request_with_a_field_the_hub_does_not_know_is_refused_naming_it(
@@ -166,6 +167,6 @@ def test_a_request_with_a_field_the_hub_does_not_know_is_refused_naming_it(
 
 def test_a_job_submitted_with_a_field_the_hub_does_not_know_is_refused(hub: Hub) -> None:
     consumer = hub.actor()
-    body = {"spec": spec(), "escrow": consumer.escrow(spec()), LATER_FIELD: 1}
+    body = {"spec": run_job(), "escrow": consumer.escrow(run_job()), LATER_FIELD: 1}
     assert consumer.call("POST", "/v1/jobs", body, expect=422)["field"] == LATER_FIELD
     assert consumer.call("GET", "/v1/jobs") == []

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hubkit import Actor, Hub, archive, claim, spec
+from factories import run_job
+from hubkit import Actor, Hub, archive, claim
 
 from lumbung.wire.archive import MAX_ARCHIVE_ENTRIES
 
@@ -86,7 +87,7 @@ def started(hub: Hub) -> tuple[Actor, Actor, dict[str, Any]]:
     node = hub.node("griefer", price_cpu=PRICE)
     consumer = hub.actor()
     consumer.submit(
-        spec(max_price_micro_per_hour=PRICE, max_runtime_s=3600, resources={"disk_gb": DISK_GB})
+        run_job(max_price_micro_per_hour=PRICE, max_runtime_s=3600, resources={"disk_gb": DISK_GB})
     )
     task = claim(node)
     assert task is not None

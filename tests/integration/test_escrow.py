@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hubkit import LEASE_S, Actor, Hub, archive, claim, make_hub, run_for, spec
+from factories import run_job
+from hubkit import LEASE_S, Actor, Hub, archive, claim, make_hub, run_for
 
 from lumbung.errors import Conflict, Rejected
 from lumbung.hub import escrow
@@ -41,8 +42,7 @@ def hub(store: Store, tmp_path: Path) -> Hub:
     return make_hub(store, tmp_path, fee_bps=FEE_BPS)
 
 
-def job_spec(**overrides: Any) -> dict[str, Any]:
-    return spec(**{"max_price_micro_per_hour": PRICE, "max_runtime_s": 3600, **overrides})
+job_spec = functools.partial(run_job, max_price_micro_per_hour=PRICE, max_runtime_s=3600)
 
 
 def log_of(hub: Hub) -> LogService:

@@ -15,7 +15,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from hubkit import Actor, Hub, archive, claim, make_hub, run_for, spec
+from factories import run_job
+from hubkit import Actor, Hub, archive, claim, make_hub, run_for
 
 from lumbung.client.auth import SignedAuth
 from lumbung.errors import NotFound, Rejected, Unavailable
@@ -63,8 +64,8 @@ def test_a_grid_value_the_store_cannot_hold_is_refused_and_nothing_is_stored_or_
     hub: Hub, bad: float
 ) -> None:
     consumer = hub.actor()
-    body = spec(grid={"x": [1, bad]})
-    leaf = consumer.escrow(spec(grid={"x": [1, 2]}))  # the lock such a job would need
+    body = run_job(grid={"x": [1, bad]})
+    leaf = consumer.escrow(run_job(grid={"x": [1, 2]}))  # the lock such a job would need
     size = log_of(hub).size
     refused = send(consumer, "POST", "/v1/jobs", {"spec": body, "escrow": leaf}, expect=422)
     assert refused["field"] == "spec.grid.x.1", refused
@@ -73,7 +74,7 @@ def test_a_grid_value_the_store_cannot_hold_is_refused_and_nothing_is_stored_or_
     assert job_id_of(leaf) not in log_of(hub).open_escrows()
     # And the market goes on: the next job is dispatched as ever.
     node = hub.node("n1")
-    job_id = consumer.submit(spec())["job"]["id"]
+    job_id = consumer.submit(run_job())["job"]["id"]
     task = claim(node)
     assert task is not None
     assert task["job_id"] == job_id
@@ -93,15 +94,17 @@ def test_a_spec_the_task_or_the_store_cannot_take_is_refused_naming_the_field(
     hub: Hub, change: dict[str, Any], field: str
 ) -> None:
     consumer = hub.actor()
-    body = {"spec": spec(**change), "escrow": consumer.escrow(spec())}
+    body = {"spec": run_job(**change), "escrow": consumer.escrow(run_job())}
     assert send(consumer, "POST", "/v1/jobs", body, expect=422)["field"] == field
-    assert send(consumer, "POST", "/v1/jobs/plan", {"spec": spec(**change)}, 422)["field"] == field
+    assert (
+        send(consumer, "POST", "/v1/jobs/plan", {"spec": run_job(**change)}, 422)["field"] == field
+    )
     assert consumer.call("GET", "/v1/jobs") == []
 
 
 def test_a_price_of_zero_is_refused_saying_why(hub: Hub) -> None:
     consumer = hub.actor()
-    body = {"spec": spec(max_price_micro_per_hour=0)}
+    body = {"spec": run_job(max_price_micro_per_hour=0)}
     refused = consumer.call("POST", "/v1/jobs/plan", body, expect=422)
     assert refused["field"] == "spec.max_price_micro_per_hour"
     assert "at least one micro-credit" in refused["message"]
@@ -109,9 +112,9 @@ def test_a_price_of_zero_is_refused_saying_why(hub: Hub) -> None:
 
 def test_a_spec_that_would_not_read_back_is_refused_before_its_lock(hub: Hub) -> None:
     consumer = hub.actor()
-    leaf = consumer.escrow(spec())
+    leaf = consumer.escrow(run_job())
     # Past the wire somehow (a bug, a new field): NaN is stored as null, which never reads back.
-    bad = validate_spec(spec()).model_copy(update={"grid": {"x": [math.nan]}})
+    bad = validate_spec(run_job()).model_copy(update={"grid": {"x": [math.nan]}})
     size = log_of(hub).size
     with pytest.raises(Rejected) as caught:
         jobs.submit(hub.ctx, consumer.id, bad, leaf)
@@ -125,7 +128,7 @@ def test_a_spec_that_would_not_read_back_is_refused_before_its_lock(hub: Hub) ->
 
 def _running(hub: Hub) -> tuple[Actor, Actor, dict[str, Any]]:
     node, consumer = hub.node("n1"), hub.actor()
-    consumer.submit(spec())
+    consumer.submit(run_job())
     task = claim(node)
     assert task is not None
     return node, consumer, task
@@ -295,10 +298,10 @@ def test_a_submission_that_fails_after_its_lock_leaves_nothing_running_and_is_re
     assert isinstance(failing_store, MemoryStore | SqlStore)
     hub = make_hub(failing_store, tmp_path)
     node, consumer = hub.node("n1"), hub.actor()
-    leaf = consumer.escrow(spec())
+    leaf = consumer.escrow(run_job())
     job_id = job_id_of(leaf)
     failing_store.where = where
-    consumer.call("POST", "/v1/jobs", {"spec": spec(), "escrow": leaf}, expect=503)
+    consumer.call("POST", "/v1/jobs", {"spec": run_job(), "escrow": leaf}, expect=503)
 
     assert claim(node) is None  # nothing of it runs
     listed = consumer.call("GET", "/v1/jobs")
@@ -315,7 +318,7 @@ def test_a_submission_that_fails_after_its_lock_leaves_nothing_running_and_is_re
 def test_fail_job_fails_a_live_job_and_cancels_only_its_unfinished_tasks(hub: Hub) -> None:
     store: Store = hub.ctx.store
     node, consumer = hub.node("n1"), hub.actor()
-    job_id = consumer.submit(spec(grid={"x": [1, 2, 3]}))["job"]["id"]
+    job_id = consumer.submit(run_job(grid={"x": [1, 2, 3]}))["job"]["id"]
     done = claim(node)
     assert done is not None
     run_for(node, done["task_id"], 1.0)
@@ -382,9 +385,9 @@ def test_an_unreadable_job_is_failed_and_refunded_and_claims_for_the_others_go_o
 ) -> None:
     hub = sql_hub
     consumer = hub.actor()
-    bad = consumer.submit(spec(name="bad"))["job"]
+    bad = consumer.submit(run_job(name="bad"))["job"]
     hub.clock.advance(1)  # its task is the oldest in the queue
-    good_id = consumer.submit(spec(name="good"))["job"]["id"]
+    good_id = consumer.submit(run_job(name="good"))["job"]["id"]
     plant(hub, bad["id"], _bad_spec(bad["spec"], kind))
     node = hub.node("n1")
 
@@ -413,7 +416,7 @@ def test_an_unreadable_job_is_failed_and_refunded_and_claims_for_the_others_go_o
 def test_the_owners_view_of_an_unreadable_job_fails_it_and_refunds_it(sql_hub: Hub) -> None:
     hub = sql_hub
     consumer = hub.actor()
-    bad = consumer.submit(spec())["job"]
+    bad = consumer.submit(run_job())["job"]
     plant(hub, bad["id"], _bad_spec(bad["spec"], "null"))
     consumer.call("GET", f"/v1/jobs/{bad['id']}", expect=409)
     assert stored_job(hub, bad["id"])[0] == "failed"
@@ -423,7 +426,7 @@ def test_the_owners_view_of_an_unreadable_job_fails_it_and_refunds_it(sql_hub: H
 def test_reconcile_fails_an_unreadable_running_job_and_pays_its_kept_work(sql_hub: Hub) -> None:
     hub = sql_hub
     node, consumer = hub.node("n1", price_cpu=PRICE), hub.actor()
-    bad = consumer.submit(spec(max_price_micro_per_hour=PRICE, max_runtime_s=3600))["job"]
+    bad = consumer.submit(run_job(max_price_micro_per_hour=PRICE, max_runtime_s=3600))["job"]
     task = claim(node)
     assert task is not None
     state = archive()

@@ -8,7 +8,8 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from hubkit import LEASE_S, Hub, archive, claim, run_for, spec
+from factories import run_job
+from hubkit import LEASE_S, Hub, archive, claim, run_for
 
 from lumbung.client.auth import SignedAuth
 from lumbung.config import HubConfig
@@ -20,7 +21,7 @@ def test_job_runs_from_submit_to_results(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
     code = consumer.upload(b"print('hello')")
-    body = spec(inputs=[{"name": "main.py", "sha256": code}], outputs=["out.txt"])
+    body = run_job(inputs=[{"name": "main.py", "sha256": code}], outputs=["out.txt"])
     submitted = consumer.submit(body, expect=201)
     job_id = submitted["job"]["id"]
     assert submitted["plan"]["fits"][0]["node_id"] == node.id
@@ -74,7 +75,7 @@ def test_job_runs_from_submit_to_results(hub: Hub) -> None:
 def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> None:
     first = hub.node("cheap", price_cpu=1_000)
     consumer = hub.actor()
-    job_id = consumer.submit(spec(), expect=201)["job"]["id"]
+    job_id = consumer.submit(run_job(), expect=201)["job"]["id"]
     task = claim(first)
     assert task is not None
     state = archive(b"epoch-3")
@@ -122,7 +123,7 @@ def test_expired_lease_returns_task_to_queue_with_its_checkpoint(hub: Hub) -> No
 def test_failed_task_is_retried_then_fails_the_job_with_its_last_log_lines(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    job_id = consumer.submit(spec(retries=1), expect=201)["job"]["id"]
+    job_id = consumer.submit(run_job(retries=1), expect=201)["job"]["id"]
     for attempt in (1, 2):
         task = claim(node)
         assert task is not None
@@ -149,7 +150,7 @@ def test_failed_task_is_retried_then_fails_the_job_with_its_last_log_lines(hub: 
 def test_cancel_reaches_the_node_in_its_next_heartbeat(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    job_id = consumer.submit(spec(), expect=201)["job"]["id"]
+    job_id = consumer.submit(run_job(), expect=201)["job"]["id"]
     task = claim(node)
     assert task is not None
     beat = {"tasks": [{"task_id": task["task_id"], "attempt": 1, "progress": 0.1}]}
@@ -163,7 +164,7 @@ def test_cheapest_idle_node_gets_the_task_first(hub: Hub) -> None:
     dear = hub.node("dear", price_cpu=9_000)
     cheap = hub.node("cheap", price_cpu=1_000)
     consumer = hub.actor()
-    consumer.submit(spec(), expect=201)
+    consumer.submit(run_job(), expect=201)
     assert claim(dear) is None
     assert claim(cheap) is not None
 
@@ -171,7 +172,7 @@ def test_cheapest_idle_node_gets_the_task_first(hub: Hub) -> None:
 def test_a_job_nothing_can_run_is_queued_and_says_why(hub: Hub) -> None:
     hub.node("small", cpus=2)
     consumer = hub.actor()
-    big = spec(resources={"cpus": 64})
+    big = run_job(resources={"cpus": 64})
     submitted = consumer.submit(big, expect=201)
     assert submitted["job"]["state"] == "queued"
     assert "too_few_cpus" in submitted["job"]["waiting_reason"]
@@ -182,21 +183,21 @@ def test_a_job_nothing_can_run_is_queued_and_says_why(hub: Hub) -> None:
 
 def test_bad_spec_is_refused_naming_the_field(hub: Hub) -> None:
     consumer = hub.actor()
-    body = consumer.submit(spec(resources={"cpus": 0}), expect=422)
+    body = consumer.submit(run_job(resources={"cpus": 0}), expect=422)
     assert body["field"] == "spec.resources.cpus"
     assert consumer.call("GET", "/v1/jobs") == []
 
 
 def test_unsigned_forged_and_replayed_requests_change_nothing(hub: Hub) -> None:
     consumer = hub.actor()
-    response = hub.http.post("/v1/jobs", json={"spec": spec()})
+    response = hub.http.post("/v1/jobs", json={"spec": run_job()})
     assert response.status_code == 401
     assert "missing signature" in response.json()["message"]
 
-    body = {"spec": spec(), "escrow": consumer.escrow(spec())}
+    body = {"spec": run_job(), "escrow": consumer.escrow(run_job())}
     request = hub.http.build_request("POST", "/v1/jobs", json=body)
     signed = next(SignedAuth(consumer.identity, clock=hub.clock).auth_flow(request))
-    evil = {**body, "spec": spec(name="evil")}
+    evil = {**body, "spec": run_job(name="evil")}
     forged = hub.http.build_request("POST", "/v1/jobs", json=evil, headers=dict(signed.headers))
     forged.headers["content-digest"] = signed.headers["content-digest"]
     response = hub.http.send(forged)
@@ -212,7 +213,7 @@ def test_unsigned_forged_and_replayed_requests_change_nothing(hub: Hub) -> None:
 def test_nodes_and_consumers_act_only_on_their_own_objects(hub: Hub) -> None:
     holder, thief = hub.node("n1"), hub.node("n2")
     owner, other = hub.actor(), hub.actor()
-    job_id = owner.submit(spec(), expect=201)["job"]["id"]
+    job_id = owner.submit(run_job(), expect=201)["job"]["id"]
     hub.clock.advance(5.0)  # past the cheaper-node grace: whichever node asks first gets it
     task = claim(holder)
     assert task is not None
@@ -257,7 +258,7 @@ def test_uploads_must_match_their_name_and_size_limit(hub: Hub) -> None:
 def test_checkpoint_must_extend_the_chain(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    consumer.submit(spec(), expect=201)
+    consumer.submit(run_job(), expect=201)
     task = claim(node)
     assert task is not None
     a, b = node.upload(archive(b"a")), node.upload(archive(b"b"))
@@ -294,7 +295,7 @@ def test_a_failed_task_is_retried_on_another_node_when_one_is_free(hub: Hub) -> 
     cheap = hub.node("cheap", price_cpu=1_000)
     dear = hub.node("dear", price_cpu=9_000)
     consumer = hub.actor()
-    consumer.submit(spec(retries=2), expect=201)
+    consumer.submit(run_job(retries=2), expect=201)
     task = claim(cheap)
     assert task is not None
     cheap.call(
@@ -313,7 +314,7 @@ def test_a_failed_task_is_retried_on_another_node_when_one_is_free(hub: Hub) -> 
 def test_a_restarted_hub_gives_running_leases_time_to_be_renewed(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    consumer.submit(spec(), expect=201)
+    consumer.submit(run_job(), expect=201)
     task = claim(node)
     assert task is not None
     hub.clock.advance(LEASE_S * 5)  # the hub was down; nobody could renew
@@ -326,7 +327,7 @@ def test_a_restarted_hub_gives_running_leases_time_to_be_renewed(hub: Hub) -> No
 def test_an_oversized_json_body_is_refused_before_it_is_read(hub: Hub) -> None:
     consumer = hub.actor()
     limit = hub.ctx.config.max_body_bytes
-    huge = spec(name="x", env={"PAD": "y" * (limit + 1)})
+    huge = run_job(name="x", env={"PAD": "y" * (limit + 1)})
     body = consumer.submit(huge, expect=413)
     assert body["field"] == "body"
 
@@ -342,7 +343,7 @@ def test_an_oversized_json_body_is_refused_before_it_is_read(hub: Hub) -> None:
 def test_a_task_that_keeps_losing_its_node_fails_instead_of_cycling_for_ever(hub: Hub) -> None:
     node = hub.node("n1")
     consumer = hub.actor()
-    job_id = consumer.submit(spec(), expect=201)["job"]["id"]
+    job_id = consumer.submit(run_job(), expect=201)["job"]["id"]
     for _ in range(MAX_LOST_LEASES):
         assert claim(node) is not None
         hub.clock.advance(LEASE_S + 1)

@@ -7,11 +7,13 @@ earn 10,000 micro-credits and there is no fee, so every amount below is exact ar
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any
 
 import pytest
-from hubkit import Actor, Hub, archive, claim, make_hub, spec
+from factories import run_job
+from hubkit import Actor, Hub, archive, claim, make_hub
 
 from lumbung.config import HubConfig, load
 from lumbung.errors import ConfigError
@@ -31,8 +33,7 @@ def hub(store: Store, tmp_path: Path) -> Hub:
     return make_hub(store, tmp_path, runtime_grace_s=GRACE_S)
 
 
-def job_spec(**overrides: Any) -> dict[str, Any]:
-    return spec(**{"max_price_micro_per_hour": PRICE, "max_runtime_s": 3600, **overrides})
+job_spec = functools.partial(run_job, max_price_micro_per_hour=PRICE, max_runtime_s=3600)
 
 
 def started(hub: Hub) -> tuple[Actor, Actor, dict[str, Any]]:

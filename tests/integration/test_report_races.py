@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hubkit import Actor, Hub, archive, claim, make_hub, spec
+from factories import run_job
+from hubkit import Actor, Hub, archive, claim, make_hub
 
 from lumbung.hub import escrow, leases, reports
 from lumbung.hub.context import HubContext
@@ -60,7 +61,7 @@ def racing(store: Store, tmp_path: Path) -> tuple[Hub, InterleavingStore]:
 
 def _running(hub: Hub) -> tuple[Actor, dict[str, Any]]:
     node = hub.node("n1")
-    hub.actor().submit(spec())
+    hub.actor().submit(run_job())
     task = claim(node)
     assert task is not None
     return node, task
@@ -158,7 +159,7 @@ def test_the_last_two_tasks_of_a_job_completing_at_once_end_the_job(
     hub, store = racing
     first, second = hub.node("n1"), hub.node("n2")
     consumer = hub.actor()
-    consumer.submit(spec(grid={"x": [1, 2]}))
+    consumer.submit(run_job(grid={"x": [1, 2]}))
     hub.clock.advance(hub.ctx.config.cheaper_node_grace_s + 0.1)  # either node may take either
     task_a, task_b = claim(first), claim(second)
     assert task_a is not None

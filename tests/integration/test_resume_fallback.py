@@ -13,7 +13,8 @@ from typing import Any
 
 import httpx
 import pytest
-from hubkit import LEASE_S, Actor, Hub, archive, claim, run_for, spec
+from factories import run_job
+from hubkit import LEASE_S, Actor, Hub, archive, claim, run_for
 
 from lumbung.client.node_session import NodeSession
 from lumbung.errors import Conflict
@@ -28,7 +29,7 @@ BUDGET = PRICE  # one task of max_runtime_s 3600 at the price limit
 def started(hub: Hub) -> tuple[Actor, Actor, dict[str, Any]]:
     node = hub.node("n1", price_cpu=PRICE)
     consumer = hub.actor()
-    consumer.submit(spec(max_price_micro_per_hour=PRICE, max_runtime_s=3600))
+    consumer.submit(run_job(max_price_micro_per_hour=PRICE, max_runtime_s=3600))
     task = claim(node)
     assert task is not None
     return node, consumer, task

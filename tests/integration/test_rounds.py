@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from factories import train_job
 from hubkit import LEASE_S, Actor, Hub, claim, run_for
 
 from lumbung.errors import StaleWrite, Unavailable
@@ -28,19 +29,8 @@ OUTER = OuterConfig(0.7, 0.9, True)
 
 
 def train_spec(**train: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "rounds": 2,
-        "workers": {"wanted": 3, "minimum": 2},
-        "round_deadline_s": 60,
-        **train,
-    }
-    return {
-        "name": "lm",
-        "kind": "train",
-        "train": body,
-        "max_price_micro_per_hour": 36_000_000,
-        "max_runtime_s": 600,
-    }
+    body = {"rounds": 2, "workers": {"wanted": 3, "minimum": 2}, "round_deadline_s": 60, **train}
+    return train_job(body, max_price_micro_per_hour=36_000_000, max_runtime_s=600)
 
 
 def trainers(hub: Hub, count: int = 3) -> list[Actor]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from factories import job
 
 from lumbung.market.matching import NodeSnapshot
 from lumbung.market.model import Node
@@ -46,14 +47,15 @@ def snap(n: Node, *, online: bool = True, reliability: float = 1.0) -> NodeSnaps
 
 
 def spec(max_price: int = 50_000, **fields: Any) -> JobSpec:
-    base: dict[str, Any] = {
-        "name": "j",
-        "command": ["true"],
-        "max_price_micro_per_hour": max_price,
-        "max_runtime_s": 3600,
-    }
-    base.update(fields)
-    return JobSpec.model_validate(base)
+    return job(
+        **{
+            "command": ["true"],
+            "grid": {},
+            "max_price_micro_per_hour": max_price,
+            "max_runtime_s": 3600,
+            **fields,
+        }
+    )
 
 
 # --- money ----------------------------------------------------------------------------------------

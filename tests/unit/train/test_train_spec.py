@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from factories import train_job
 
 from lumbung.errors import Rejected
 from lumbung.train.codec import CodecConfig
@@ -16,8 +17,7 @@ from lumbung.wire.train import TrainSpec
 
 def validate_train_spec(data: dict[str, Any]) -> TrainSpec:
     """The train section as a job spec carries it."""
-    job = {"name": "lm", "kind": "train", "train": data, "max_price_micro_per_hour": 1}
-    train = validate_spec(job).train
+    train = validate_spec(train_job(data)).train
     assert train is not None
     return train
 

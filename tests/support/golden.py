@@ -4,8 +4,8 @@ A test builds the bytes from fixed inputs and hands them to ``check_golden``, wh
 readable diff when they differ from the stored file. To change a format or the API on purpose,
 regenerate the files and commit them with the change (tests/data/README.md):
 
-    LUMBUNG_UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/unit/test_formats_*.py \
-        tests/unit/test_openapi_snapshot.py
+    LUMBUNG_UPDATE_GOLDEN=1 .venv/bin/pytest -q tests/unit/*/test_formats_*.py \
+        tests/unit/hub/test_openapi_snapshot.py
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import pytest
 DATA_DIR = Path(__file__).resolve().parents[1] / "data"
 UPDATE_ENV = "LUMBUNG_UPDATE_GOLDEN"
 REGENERATE = (
-    f"{UPDATE_ENV}=1 .venv/bin/pytest -q tests/unit/test_formats_*.py "
-    "tests/unit/test_openapi_snapshot.py"
+    f"{UPDATE_ENV}=1 .venv/bin/pytest -q tests/unit/*/test_formats_*.py "
+    "tests/unit/hub/test_openapi_snapshot.py"
 )
 _DIFF_MAX_LINES = 120
 _HEX_CONTEXT_BYTES = 16

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from factories import job
 
 from lumbung.errors import Rejected
 from lumbung.ids import is_object_id
@@ -14,13 +15,7 @@ from lumbung.wire.spec import JobSpec, Scalar
 
 
 def spec(**fields: Any) -> JobSpec:
-    base: dict[str, Any] = {
-        "name": "sweep",
-        "command": ["echo", "hi"],
-        "max_price_micro_per_hour": 1,
-    }
-    base.update(fields)
-    return JobSpec.model_validate(base)
+    return job(**{"command": ["echo", "hi"], "grid": {}, "max_price_micro_per_hour": 1, **fields})
 
 
 def test_one_queued_task_per_parameter_set_in_order() -> None:

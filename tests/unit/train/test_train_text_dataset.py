@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from factories import train_job
 
 from lumbung.errors import Rejected
 from lumbung.train.text_dataset import MIN_CHARS, corpus_from_text
@@ -35,13 +36,8 @@ def test_a_file_that_cannot_be_a_dataset_is_refused(data: bytes, why: str) -> No
     assert caught.value.field == "dataset.sha256"
 
 
-def _job(dataset: dict[str, object]) -> dict[str, object]:
-    train = {"rounds": 1, "dataset": dataset}
-    return {"name": "lm", "kind": "train", "train": train, "max_price_micro_per_hour": 1}
-
-
 def test_a_text_dataset_names_exactly_one_file_and_has_no_plays() -> None:
-    ok = validate_spec(_job({"name": "text", "sha256": "a" * 64}))
+    ok = validate_spec(train_job({"rounds": 1, "dataset": {"name": "text", "sha256": "a" * 64}}))
     assert ok.train is not None
     assert ok.train.dataset.sha256 == "a" * 64
     for bad in (
@@ -52,6 +48,6 @@ def test_a_text_dataset_names_exactly_one_file_and_has_no_plays() -> None:
         {"name": "text", "sha256": "NOT-HEX"},
     ):
         with pytest.raises(Rejected) as caught:
-            validate_spec(_job(bad))
+            validate_spec(train_job({"rounds": 1, "dataset": bad}))
         assert caught.value.field is not None
         assert caught.value.field.startswith("train.dataset")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from factories import job
 
 from lumbung.market.matching import (
     CONSTRAINTS,
@@ -70,13 +71,11 @@ def snap(n: Node, *, online: bool = True, reliability: float = 1.0) -> NodeSnaps
 
 
 def spec(max_price: int = 10**9, **resources: Any) -> JobSpec:
-    return JobSpec.model_validate(
-        {
-            "name": "j",
-            "command": ["true"],
-            "max_price_micro_per_hour": max_price,
-            "resources": {"memory_gb": 1, "disk_gb": 1, **resources},
-        }
+    return job(
+        command=["true"],
+        grid={},
+        max_price_micro_per_hour=max_price,
+        resources={"memory_gb": 1, "disk_gb": 1, **resources},
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from factories import train_job
 
 from lumbung.errors import Rejected
 from lumbung.wire.spec import parse_spec, validate_spec
@@ -89,8 +90,7 @@ def test_text_that_is_not_a_mapping_is_refused(text: str) -> None:
 
 
 def _train(**train: object) -> dict[str, object]:
-    body: dict[str, object] = {"rounds": 3, **train}
-    return {"name": "lm", "kind": "train", "train": body, "max_price_micro_per_hour": 10**6}
+    return train_job({"rounds": 3, **train}, max_price_micro_per_hour=10**6)
 
 
 def test_a_train_job_has_one_task_per_wanted_worker_each_with_its_shard() -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from factories import train_job
 
 from lumbung.errors import Rejected
 from lumbung.train.custom import build_custom
@@ -77,13 +78,10 @@ def test_a_custom_model_that_cannot_work_is_refused_naming_the_factory(
     assert caught.value.field == "train.model.factory"
 
 
-def _job(model: dict[str, object]) -> dict[str, object]:
-    train = {"rounds": 1, "model": model}
-    return {"name": "lm", "kind": "train", "train": train, "max_price_micro_per_hour": 1}
-
-
 def test_a_custom_model_names_its_factory_and_only_a_custom_model_does() -> None:
-    ok = validate_spec(_job({"kind": "custom", "factory": "my.models:tiny"}))
+    ok = validate_spec(
+        train_job({"rounds": 1, "model": {"kind": "custom", "factory": "my.models:tiny"}})
+    )
     assert ok.train is not None
     assert ok.train.model.factory == "my.models:tiny"
     for bad, field in (
@@ -92,5 +90,5 @@ def test_a_custom_model_names_its_factory_and_only_a_custom_model_does() -> None
         ({"kind": "custom", "factory": "no colon"}, "train.model.factory"),
     ):
         with pytest.raises(Rejected) as caught:
-            validate_spec(_job(bad))
+            validate_spec(train_job({"rounds": 1, "model": bad}))
         assert caught.value.field == field
