@@ -50,7 +50,7 @@ test: lint sandbox
 # matplotlib or NVML), proven by its in-process tests in a venv of its own: the unit tests of
 # every package a hub imports, and the hub's integration tests.
 HUB_VENV := .venv-hub
-HUB_UNIT := $(addprefix tests/unit/,ledger market wire crypto store hub test_config.py)
+HUB_UNIT := $(addprefix tests/unit/,ledger market verify wire crypto store hub test_config.py)
 test-hub:
 	test -x $(HUB_VENV)/bin/python || $(PY) -m venv $(HUB_VENV)
 	$(HUB_VENV)/bin/pip install --quiet -e '.[dev,postgres]'
