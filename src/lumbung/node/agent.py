@@ -8,6 +8,7 @@ hub comes back (or says it has never heard of this node) the node simply registe
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import sys
@@ -19,7 +20,8 @@ from lumbung.client import NodeSession
 from lumbung.config import NodeConfig
 from lumbung.crypto.keys import Identity
 from lumbung.errors import ConfigError, NotFound, Unavailable
-from lumbung.node.bwrap import SandboxPolicy, derived_uid_base, find_bwrap
+from lumbung.node import uid_blocks
+from lumbung.node.bwrap import SandboxPolicy, find_bwrap
 from lumbung.node.inventory import collect_inventory
 from lumbung.node.retry import Backoff
 from lumbung.node.sandbox import ProcessRunner, Runner, probe_isolation
@@ -221,24 +223,41 @@ def run_node(config: NodeConfig) -> int:
     """Run a provider node until SIGTERM or SIGINT; 0 after a clean drain."""
     _configure_logging()
     identity = Identity.load_or_create(config.data_dir)
-    runner, isolation = _make_runner(config)
-    inventory = collect_inventory(config, isolation)
-    session = NodeSession(config.hub_url, identity)
-    stop = threading.Event()
-    _install_signal_handlers(stop)
-    _print_start_line(config, identity.actor_id, inventory)
+    uids = _task_uids(config)
     try:
-        NodeAgent(config, session, inventory, runner).run(stop)
+        runner, isolation = _make_runner(config, uids.base)
+        inventory = collect_inventory(config, isolation)
+        session = NodeSession(config.hub_url, identity)
+        stop = threading.Event()
+        _install_signal_handlers(stop)
+        _print_start_line(config, identity.actor_id, inventory)
+        try:
+            NodeAgent(config, session, inventory, runner).run(stop)
+        finally:
+            session.close()
     finally:
-        session.close()
+        uids.release()
     return 0
 
 
-def _make_runner(config: NodeConfig) -> tuple[Runner, Isolation]:
+def _task_uids(config: NodeConfig) -> uid_blocks.UidBlock:
+    """The uids a root node runs its tasks as: the configured ones, or a block of its own."""
+    if config.task_uid_base:
+        return uid_blocks.UidBlock(config.task_uid_base, None)
+    if os.geteuid() != 0:  # tasks run as this user: the uids are unused
+        return uid_blocks.UidBlock(
+            uid_blocks.base_of(uid_blocks.hashed_block(config.data_dir)), None
+        )
+    return uid_blocks.claim(config.data_dir)
+
+
+def _make_runner(
+    config: NodeConfig, task_uid_base: int = uid_blocks.FIRST_UID
+) -> tuple[Runner, Isolation]:
     if config.runner == "process":
         policy = SandboxPolicy(
             max_processes=config.task_max_processes,
-            task_uid_base=config.task_uid_base or derived_uid_base(config.data_dir),
+            task_uid_base=task_uid_base,
             slots=config.slots,
         )
         sandbox, why_not = find_bwrap(policy, config.data_dir)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import os
 import shutil
@@ -31,7 +30,7 @@ from pathlib import Path
 
 import lumbung
 from lumbung.errors import ConfigError, Unavailable
-from lumbung.node import launch
+from lumbung.node import launch, uid_blocks
 from lumbung.node.cgroup import Cgroups, TaskLimits, find_cgroups
 from lumbung.node.sandbox import RunningProcess, SandboxSpec
 from lumbung.wire.api import Isolation
@@ -59,9 +58,6 @@ _ETC_FILES = (
 )
 # The device nodes a CUDA program opens besides its own GPUs' /dev/nvidiaN.
 _NVIDIA_SHARED_DEVICES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools", "nvidia-modeset")
-_UID_BASE = 200_000
-_UID_BLOCKS = 2048
-_UID_BLOCK = 512  # two per slot, for the most slots a node may have (256)
 _SHM_MAX_BYTES = 1024**3
 _TMP_MAX_BYTES = 256 * 1024**2
 _PROBE_TIMEOUT_S = 10.0
@@ -76,7 +72,7 @@ class SandboxPolicy:
     # Open files per process (RLIMIT_NOFILE).
     open_files: int = 1024
     # On a root node, task slot i runs as uid (and gid) base + i: a user of its own, not root.
-    task_uid_base: int = _UID_BASE
+    task_uid_base: int = uid_blocks.FIRST_UID
     slots: int = 1
 
 
@@ -272,14 +268,6 @@ def _system_links() -> list[str]:
 
 def _etc_files() -> list[Path]:
     return [Path("/etc") / name for name in _ETC_FILES if (Path("/etc") / name).exists()]
-
-
-def derived_uid_base(data_dir: Path) -> int:
-    """A root node's first task uid, from its data directory: 2,048 blocks of 512 uids from
-    200,000, so that two nodes on one machine almost never share a uid (their tasks would then
-    share one RLIMIT_NPROC count)."""
-    digest = hashlib.sha256(str(data_dir.resolve()).encode()).digest()
-    return _UID_BASE + int.from_bytes(digest[:4], "big") % _UID_BLOCKS * _UID_BLOCK
 
 
 def _parent_dirs(paths: list[Path]) -> list[str]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +14,7 @@ from typer.testing import CliRunner
 from lumbung.cli.main import app
 from lumbung.config import NodeConfig
 from lumbung.errors import ConfigError
+from lumbung.node import uid_blocks
 from lumbung.node.agent import _make_runner
 from lumbung.node.sandbox import ProcessRunner
 
@@ -54,11 +58,57 @@ def test_with_bubblewrap_the_node_reports_the_sandbox_level(
 
 
 def test_nodes_on_one_machine_run_their_tasks_as_different_uids(tmp_path: Path) -> None:
-    from lumbung.node.bwrap import derived_uid_base
+    # Eight data directories, two of them hashing to the same block: each node still gets a block
+    # of its own, and a block comes free when its node stops.
+    dirs = [tmp_path / f"node-{i}" for i in range(8)]
+    first = uid_blocks.hashed_block(dirs[0])
+    twin = next(
+        tmp_path / f"twin-{n}"
+        for n in itertools.count()
+        if uid_blocks.hashed_block(tmp_path / f"twin-{n}") == first
+    )
+    locks = tmp_path / "locks"
+    held = [uid_blocks.claim(d, locks) for d in [*dirs, twin]]
+    bases = [block.base for block in held]
+    assert len(set(bases)) == len(bases)
+    assert all(b >= 200_000 and (b - 200_000) % 512 == 0 for b in bases)
+    held[0].release()
+    again = uid_blocks.claim(dirs[0], locks)
+    assert again.base == bases[0]  # a restarted node gets its old uids back
+    for block in [again, *held[1:]]:
+        block.release()
 
-    # Fixed paths, not tmp_path: bases are a hash of the path into 2,048 blocks, and eight random
-    # paths collide in about 1.4% of runs (seen twice in one day of running this suite).
-    bases = {derived_uid_base(Path(f"/var/lib/lumbung/node-{i}")) for i in range(8)}
-    assert len(bases) == 8
-    assert all(base >= 200_000 and (base - 200_000) % 512 == 0 for base in bases)
-    assert derived_uid_base(tmp_path / "node-0") == derived_uid_base(tmp_path / "node-0")
+
+def test_a_block_held_by_another_process_is_skipped(tmp_path: Path) -> None:
+    locks = tmp_path / "locks"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from lumbung.node import uid_blocks; "
+            f"b = uid_blocks.claim(Path({str(tmp_path / 'node')!r}), Path({str(locks)!r})); "
+            "print(b.base, flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None
+        theirs = int(holder.stdout.readline())
+        mine = uid_blocks.claim(tmp_path / "node", locks)
+        assert mine.base != theirs
+        mine.release()
+    finally:
+        holder.kill()
+        holder.communicate()
+    freed = uid_blocks.claim(tmp_path / "node", locks)
+    assert freed.base == theirs
+    freed.release()
+
+
+def test_without_a_lock_directory_the_hashed_block_is_used(tmp_path: Path) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    block = uid_blocks.claim(tmp_path / "node", blocked / "locks")
+    assert block.base == uid_blocks.base_of(uid_blocks.hashed_block(tmp_path / "node"))
+    assert block.lock is None
