@@ -245,9 +245,7 @@ def _task_uids(config: NodeConfig) -> uid_blocks.UidBlock:
     if config.task_uid_base:
         return uid_blocks.UidBlock(config.task_uid_base, None)
     if os.geteuid() != 0:  # tasks run as this user: the uids are unused
-        return uid_blocks.UidBlock(
-            uid_blocks.base_of(uid_blocks.hashed_block(config.data_dir)), None
-        )
+        return uid_blocks.UidBlock(uid_blocks.FIRST_UID, None)
     return uid_blocks.claim(config.data_dir)
 
 

