@@ -189,10 +189,15 @@ def test_a_round_that_takes_seconds_to_close_costs_no_heartbeating_node_its_leas
     nodes = _all(HEARTBEATERS, lambda i: _node(cluster.url, f"worker-{i}"))
     trainers = _all(TRAINERS, lambda i: _node(cluster.url, f"trainer-{i}", kinds=("train",)))
     initial_bytes = encode(np.zeros(BIG_NUMEL, dtype=np.float32), FULL_WEIGHTS)
-    update_bytes = encode(np.full(BIG_NUMEL, 0.01, dtype=np.float32), CodecConfig("int8", 256))
     initial = trainers[0].upload_bytes(initial_bytes)
-    update = trainers[0].upload_bytes(update_bytes)
-    del initial_bytes, update_bytes
+    del initial_bytes
+    # Distinct updates, as honest workers send: screening would leave copies out.
+    rng = np.random.default_rng(0)
+    updates = []
+    for trainer in trainers:
+        delta = rng.normal(scale=0.01, size=BIG_NUMEL).astype(np.float32)
+        updates.append(trainer.upload_bytes(encode(delta, CodecConfig("int8", 256))))
+        del delta
 
     run_job = _noop_job(cluster, "held", HEARTBEATERS)
     train = TrainSpec.model_validate(
@@ -211,7 +216,7 @@ def test_a_round_that_takes_seconds_to_close_costs_no_heartbeating_node_its_leas
 
         def send(i: int) -> None:
             report = RoundUpdateReport(
-                attempt=tasks[i].attempt, sha256=update, base_sha=initial,
+                attempt=tasks[i].attempt, sha256=updates[i], base_sha=initial,
                 initial_sha=initial if i == 0 else None, tokens=1, inner_steps=1,
                 train_loss=2.0, bytes_down=0, runtime_s=1.0,
             )  # fmt: skip

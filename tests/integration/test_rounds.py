@@ -270,13 +270,14 @@ def test_updates_arriving_together_all_count_and_the_round_closes_once(hub: Hub)
     job_id = consumer.submit(train_spec(workers={"wanted": 4, "minimum": 4}))["job"]["id"]
     tasks = claim_all(hub, nodes)
     initial = nodes[0].upload(encode(np.zeros(NUMEL, dtype=np.float32), FULL_WEIGHTS))
-    delta = np.full(NUMEL, 0.01, dtype=np.float32)
-    send(nodes[0], tasks[0], 0, delta, initial, initial_sha=initial)
-    blob = nodes[1].upload(encode(delta, INT8))
+    rng = np.random.default_rng(3)
+    deltas = [rng.normal(scale=0.01, size=NUMEL).astype(np.float32) for _ in range(4)]
+    send(nodes[0], tasks[0], 0, deltas[0], initial, initial_sha=initial)
+    blobs = [nodes[i].upload(encode(deltas[i], INT8)) for i in range(4)]
 
     def report(i: int) -> None:
         submit_update(
-            hub.ctx, nodes[i].id, tasks[i]["task_id"], 0, _report(tasks[i], blob, initial)
+            hub.ctx, nodes[i].id, tasks[i]["task_id"], 0, _report(tasks[i], blobs[i], initial)
         )
 
     with ThreadPoolExecutor(3) as pool:
@@ -327,3 +328,41 @@ def _report(task: dict[str, Any], sha256: str, base_sha: str) -> RoundUpdateRepo
         bytes_down=0,
         runtime_s=1.0,
     )
+
+
+def test_screening_leaves_out_bad_updates_names_them_and_pays_only_the_kept(hub: Hub) -> None:
+    nodes = trainers(hub, 6)
+    consumer = hub.actor()
+    spec = train_spec(rounds=1, workers={"wanted": 6, "minimum": 6})
+    job_id = consumer.submit(spec)["job"]["id"]
+    tasks = claim_all(hub, nodes)
+    rng = np.random.default_rng(11)
+    theta0 = rng.normal(size=NUMEL).astype(np.float32)
+    initial = nodes[0].upload(encode(theta0, FULL_WEIGHTS))
+    # Honest workers descend the same loss from the same weights: one direction, their own noise.
+    common = rng.normal(scale=0.01, size=NUMEL)
+    honest = [(common + rng.normal(scale=0.005, size=NUMEL)).astype(np.float32) for _ in range(3)]
+    cheats = [1.05 * honest[0], -honest[1], np.zeros(NUMEL, dtype=np.float32)]
+    for i, delta in enumerate(honest + cheats):
+        extra = {"initial_sha": initial} if i == 0 else {}
+        send(nodes[i], tasks[i], 0, delta, initial, **extra)
+        hub.clock.advance(0.5)  # a copy is told from its original by the order they arrived in
+
+    view = consumer.call("GET", f"/v1/jobs/{job_id}")
+    (closed,) = view["rounds"]
+    assert closed["participants"] == 3
+    reasons = {s["node_id"]: s["reason"] for s in closed["screened_out"]}
+    assert set(reasons) == {n.id for n in nodes[3:]}
+    assert reasons[nodes[3].id] == f"the update is a copy of {tasks[0]['task_id']}'s"
+    assert reasons[nodes[4].id].startswith("the update points away from the round's")
+    assert reasons[nodes[5].id] == "the update is all zeros"
+    assert closed["metrics"]["screened_out"] == 3
+
+    # The published weights are the outer step over the three kept updates alone.
+    expected = close_round(
+        GlobalState.start(theta0), [encode(d, INT8) for d in honest], OUTER, INT8
+    ).state
+    np.testing.assert_array_equal(weights(hub, view["model_sha256"]), expected.published)
+    # The kept workers' 10 s are paid at 1,000 micro-credits a second; the left-out are not.
+    assert hub.ctx.log is not None
+    assert [hub.ctx.log.account(n.id)[0] for n in nodes] == [10_000] * 3 + [0] * 3

@@ -442,7 +442,7 @@ def test_hubs_starting_at_once_migrate_exactly_once(sql_url: str) -> None:
     try:
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0005",)]
+        assert versions == [("0006",)]
         stores[0].put_node(make_node())
         assert stores[3].get_node(NODE) == make_node()
     finally:

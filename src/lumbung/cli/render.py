@@ -211,6 +211,12 @@ def job_view(job: JobView, node_names: Mapping[str, str]) -> RenderableType:
         parts.append(work_table(job.work))
     if job.rounds:
         parts.append(rounds_table(job.rounds))
+        for r in job.rounds:
+            for left in r.screened_out:
+                name = node_names.get(left.node_id, left.node_id)
+                parts.append(
+                    Text(f"round {r.index} left out {name}'s update: {left.reason}", style="red")
+                )
     if job.model_sha256 is not None:
         parts.append(Text(f"trained model: {job.model_sha256}"))
     if job.escrow is not None:

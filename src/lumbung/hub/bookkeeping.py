@@ -74,7 +74,8 @@ def attempt_work(
     runtime_s = measured_runtime_s(task, runtime_s, now)
     work = current_work(ctx, task)
     if completed:
-        work.kept_s = max(work.kept_s, runtime_s)
+        # Less what the attempt already lost while it ran (a training update screened out).
+        work.kept_s = max(work.kept_s, runtime_s - work.lost_s)
     work.lost_s = max(0.0, runtime_s - work.kept_s)
     return work
 

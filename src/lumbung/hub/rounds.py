@@ -5,10 +5,13 @@ asks ``round_info`` what to do, downloads the round's weights (the full weights,
 change from the round before when it holds that), takes H inner steps, uploads its compressed
 pseudo-gradient as a blob and reports it with ``submit_update``. A round closes when every
 wanted worker has reported, when every worker still holding a lease has (a dead worker only
-shrinks the round), or at its deadline with at least the minimum; the hub then averages the
-updates and applies the outer Nesterov step with numpy (``lumbung.train.rounds.close_round``;
-the hub never imports torch) and opens the next round. Everything a round needs is in the store
-and the blob store, so a hub restarted mid-round carries on.
+shrinks the round), or at its deadline with at least the minimum. The hub then screens the
+updates against each other (``lumbung.verify.screening``: zeros, noise, sign flips, scaled
+updates, copies of another worker's), averages those it keeps, applies the outer Nesterov step
+with numpy (``lumbung.train.rounds.apply_round``; the hub never imports torch) and opens the
+next round. An update's inner steps are kept (paid) work only once its round closes with it: one
+screening left out is named in the round, with why, and its time is lost. Everything a round
+needs is in the store and the blob store, so a hub restarted mid-round carries on.
 
 Closing takes seconds for a large model with many workers, so it happens in the background
 (``lumbung.hub.background``), never in the request that completed the round: that worker is
@@ -37,14 +40,21 @@ from lumbung.errors import (
     Unavailable,
 )
 from lumbung.hub import escrow
-from lumbung.hub.bookkeeping import current_work, measured_runtime_s
+from lumbung.hub.bookkeeping import measured_runtime_s
 from lumbung.hub.context import HubContext
 from lumbung.hub.reports import held_task
-from lumbung.market.model import Job, Round, RoundState, RoundUpdate, TaskState
+from lumbung.market.model import Job, Round, RoundState, RoundUpdate, TaskState, Work
 from lumbung.store.protocol import Changes
 from lumbung.train.codec import HEADER, decode, encoded_size_bytes, peek_numel
-from lumbung.train.rounds import FULL_WEIGHTS, GlobalState, close_round, full_weights
+from lumbung.train.rounds import (
+    FULL_WEIGHTS,
+    GlobalState,
+    apply_round,
+    decode_updates,
+    full_weights,
+)
 from lumbung.train.spec import codec_config, outer_config
+from lumbung.verify.screening import screen
 from lumbung.wire.api import RoundInfo, RoundUpdateReport
 from lumbung.wire.train import TrainSpec
 
@@ -146,10 +156,6 @@ def _accept(
     numel = _base_weights(ctx, current, report)
     _check_update_blob(ctx, report.sha256, numel)
     task = ctx.store.get_task(task_id)
-    work = current_work(ctx, task)
-    # The inner steps it sent are kept work: as long as it says, at most the lease held so far.
-    work.kept_s = max(work.kept_s, measured_runtime_s(task, report.runtime_s, ctx.clock()))
-    changes.work.append(work)
     changes.updates.append(
         RoundUpdate(
             job_id=job.id,
@@ -166,6 +172,9 @@ def _accept(
             bytes_down=report.bytes_down,
             device=report.device,
             created_at=ctx.clock(),
+            # Its inner steps become kept work when the round closes with it: as long as the
+            # worker says, at most the lease held so far.
+            runtime_s=measured_runtime_s(task, report.runtime_s, ctx.clock()),
         )
     )
     ctx.store.apply(changes)
@@ -346,15 +355,23 @@ def _close(ctx: HubContext, spec: TrainSpec, current: Round, updates: list[Round
     now = ctx.clock()
     state = GlobalState.from_bytes(_read(ctx, current.state_sha))
     outer, codec = outer_config(spec.outer), codec_config(spec.compression)
-    closed = close_round(state, [_read(ctx, u.sha256) for u in updates], outer, codec)
+    deltas = decode_updates(state, [_read(ctx, u.sha256) for u in updates])
+    verdicts = screen([(u.task_id, delta) for u, delta in zip(updates, deltas, strict=True)])
+    screened = {v.worker: v.reason for v in verdicts if v.reason is not None}
+    kept = [u for u in updates if u.task_id not in screened]
+    aggregated = [d for u, d in zip(updates, deltas, strict=True) if u.task_id not in screened]
+    closed = apply_round(state, aggregated, outer, codec)
+    del deltas, aggregated  # a large model's updates: free them before the blobs are written
     next_state = closed.state
     base_sha = ctx.blobs.put_bytes(full_weights(next_state))
     change_sha = ctx.blobs.put_bytes(closed.change)
     state_sha = ctx.blobs.put_bytes(next_state.to_bytes())
     current.state = RoundState.CLOSED
     current.closed_at = now
-    current.participants = len(updates)
-    current.metrics = _metrics(current, updates, now)
+    current.participants = len(kept)
+    current.screened = screened
+    current.metrics = _metrics(current, kept, now)
+    current.metrics["screened_out"] = float(len(screened))
     final = current.index + 1 >= spec.total_rounds()
     following = Round(
         job_id=current.job_id,
@@ -368,25 +385,61 @@ def _close(ctx: HubContext, spec: TrainSpec, current: Round, updates: list[Round
         state_sha=state_sha,
         closed_at=now if final else None,
     )
-    ctx.store.apply(Changes(rounds=[current], new_rounds=[following]))
+    changes = Changes(
+        rounds=[current], new_rounds=[following], work=_round_work(ctx, updates, screened)
+    )
+    ctx.store.apply(changes)
+    for task_id, reason in screened.items():
+        log.warning(
+            "job %s round %d left out the update of task %s: %s",
+            current.job_id,
+            current.index,
+            task_id,
+            reason,
+        )
     log.info(
         "job %s round %d closed with %d update(s)%s",
         current.job_id,
         current.index,
-        len(updates),
+        len(kept),
         "; training done" if final else "",
     )
+    escrow.settle_quietly(ctx, current.job_id)
+
+
+def _round_work(
+    ctx: HubContext, updates: list[RoundUpdate], screened: dict[str, str]
+) -> list[Work]:
+    """The work records of the round's workers: an aggregated update keeps the inner steps it
+    reports; one screening left out loses them, so neither it nor a later update pays for them.
+
+    ``lost_s`` of an attempt still running is the time it already lost: what a later update
+    keeps is its runtime less that (the attempt's end counts ``lost_s`` again from its runtime).
+    """
+    records = []
+    for update in updates:
+        try:
+            work = ctx.store.get_work(update.task_id, update.attempt)
+        except NotFound:
+            continue  # a store edited by hand: nothing to pay
+        if update.task_id in screened:
+            work.lost_s += max(0.0, update.runtime_s - work.kept_s - work.lost_s)
+        else:
+            work.kept_s = max(work.kept_s, update.runtime_s - work.lost_s)
+        records.append(work)
+    return records
 
 
 def _metrics(current: Round, updates: list[RoundUpdate], now: float) -> dict[str, float]:
     val = [u.base_val_loss for u in updates if u.base_val_loss is not None]
     metrics = {
-        "train_loss": statistics.fmean(u.train_loss for u in updates),
         "tokens": float(sum(u.tokens for u in updates)),
         "bytes_up": float(sum(u.size_bytes for u in updates)),
         "bytes_down": float(sum(u.bytes_down for u in updates)),
         "duration_s": now - current.opened_at,
     }
+    if updates:  # none when screening left every update out
+        metrics["train_loss"] = statistics.fmean(u.train_loss for u in updates)
     if val:
         metrics["base_val_loss"] = statistics.fmean(val)
     return metrics

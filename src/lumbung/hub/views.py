@@ -13,6 +13,7 @@ from lumbung.wire.api import (
     JobView,
     NodeView,
     RoundView,
+    ScreenedUpdate,
     TaskView,
     WorkView,
 )
@@ -116,8 +117,10 @@ def _round_views(ctx: HubContext, job: Job) -> tuple[list[RoundView], str | None
         return [], None
     rounds = ctx.store.list_rounds(job.id)
     devices: dict[int, list[str]] = {}
+    nodes: dict[tuple[int, str], str] = {}
     for update in ctx.store.list_updates(job.id):  # one query, not one per round
         devices.setdefault(update.round_index, []).append(update.device)
+        nodes[update.round_index, update.task_id] = update.node_id
     total = job.spec.train.total_rounds()
     model = rounds[-1].base_sha if rounds and rounds[-1].index >= total else None
     views = [
@@ -130,6 +133,12 @@ def _round_views(ctx: HubContext, job: Job) -> tuple[list[RoundView], str | None
             base_sha=r.base_sha,
             metrics=r.metrics,
             devices=sorted(devices.get(r.index, [])),
+            screened_out=[
+                ScreenedUpdate(
+                    task_id=task_id, node_id=nodes.get((r.index, task_id), ""), reason=reason
+                )
+                for task_id, reason in sorted(r.screened.items())
+            ],
         )
         for r in rounds
         if r.index < total  # the record past the last round only holds the model

@@ -154,6 +154,8 @@ class Round:
     closed_at: float | None = None
     participants: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    # Updates left out of the round's aggregate by screening: task id -> why.
+    screened: dict[str, str] = field(default_factory=dict)
     version: int = 0
 
 
@@ -175,3 +177,6 @@ class RoundUpdate:
     bytes_down: int  # what the worker downloaded to start the round (full weights or a change)
     device: str  # where its inner steps ran: "cpu", "cuda" (bf16 autocast), ...
     created_at: float
+    # Seconds into the attempt when it was reported, by the hub's clock: the work it keeps,
+    # once screening lets the update into the round.
+    runtime_s: float = 0.0

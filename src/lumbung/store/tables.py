@@ -179,6 +179,7 @@ rounds = Table(
     Column("closed_at", Double, nullable=True),
     Column("participants", Integer, nullable=False),
     Column("metrics", Text, nullable=False),  # JSON object of floats
+    Column("screened", Text, nullable=False, server_default="{}"),  # JSON: task id -> reason
     Column("version", Integer, nullable=False),
     Index("ix_rounds_state_deadline_at", "state", "deadline_at"),
 )
@@ -200,6 +201,7 @@ round_updates = Table(
     Column("bytes_down", BigInteger, nullable=False),
     Column("device", String(32), nullable=False),
     Column("created_at", Double, nullable=False),
+    Column("runtime_s", Double, nullable=False, server_default="0"),
 )
 
 logs = Table(
@@ -342,6 +344,7 @@ def round_row(record: Round) -> dict[str, Any]:
         "closed_at": record.closed_at,
         "participants": record.participants,
         "metrics": json.dumps(record.metrics, sort_keys=True),
+        "screened": json.dumps(record.screened, sort_keys=True),
         "version": record.version,
     }
 
@@ -359,6 +362,7 @@ def round_from_row(row: Mapping[Any, Any]) -> Round:
         closed_at=row["closed_at"],
         participants=row["participants"],
         metrics=json.loads(row["metrics"]),
+        screened=json.loads(row["screened"]),
         version=row["version"],
     )
 

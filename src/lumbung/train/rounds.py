@@ -78,17 +78,25 @@ def full_weights(state: GlobalState) -> bytes:
     return encode(state.published, FULL_WEIGHTS)
 
 
-def close_round(
-    state: GlobalState, updates: Sequence[bytes], outer: OuterConfig, downlink: CodecConfig
-) -> ClosedRound:
-    """Decode the updates that arrived, apply the outer step and publish the compressed change.
+def decode_updates(state: GlobalState, updates: Sequence[bytes]) -> list[np.ndarray]:
+    """Every update decoded (and so validated) before anything changes: one bad update refuses
+    the call with ``Rejected``, for the caller to retry without it."""
+    return [decode(blob, state.numel) for blob in updates]
 
-    Every update is decoded (and so validated) before anything changes: one bad update refuses the
-    call with ``Rejected`` and leaves the round as it was, for the caller to retry without it.
+
+def apply_round(
+    state: GlobalState, deltas: Sequence[np.ndarray], outer: OuterConfig, downlink: CodecConfig
+) -> ClosedRound:
+    """Apply the outer step to the mean of ``deltas`` and publish the compressed change.
+
+    A round with no update to apply (every one was screened out) leaves the weights and the
+    momentum as they were; it still publishes what compression owed the workers.
     """
-    deltas = [decode(blob, state.numel) for blob in updates]
-    mean = average_pseudo_gradients(deltas)
-    weights, momentum = outer_step(state.weights, state.momentum, mean, outer)
+    if deltas:
+        mean = average_pseudo_gradients(deltas)
+        weights, momentum = outer_step(state.weights, state.momentum, mean, outer)
+    else:
+        weights, momentum = state.weights, state.momentum
     change = encode(weights - state.published, downlink)
     published = state.published + decode(change, state.numel)
     next_state = replace(
@@ -98,4 +106,11 @@ def close_round(
         published=published,
         momentum=momentum,
     )
-    return ClosedRound(next_state, change, len(updates))
+    return ClosedRound(next_state, change, len(deltas))
+
+
+def close_round(
+    state: GlobalState, updates: Sequence[bytes], outer: OuterConfig, downlink: CodecConfig
+) -> ClosedRound:
+    """Decode the updates that arrived, apply the outer step and publish the compressed change."""
+    return apply_round(state, decode_updates(state, updates), outer, downlink)

@@ -26,8 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 Update = npt.NDArray[np.float32]
-_Vector = npt.NDArray[np.float64]
-_Kept = list[tuple[str, _Vector, float]]  # worker, update in float64, its norm
+_Kept = list[tuple[str, Update, float]]  # worker, update, its norm
 
 COPY_COSINE = 0.999
 NORM_Z = 4.0
@@ -36,6 +35,10 @@ MIN_SHARED_COSINE = 0.05
 MIN_LEARNING_UPDATES = 3
 # 1.4826 * MAD estimates a standard deviation for normally distributed values.
 _MAD_TO_SIGMA = 1.4826
+# Products are summed in float64 a slice at a time: a float32 sum over tens of millions of
+# values drifts by more than the copy check's margin, and a float64 copy of a whole update of a
+# large model would double the hub's memory while it closes a round.
+_SLICE = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -53,17 +56,25 @@ def screen(updates: Sequence[tuple[str, Update]]) -> list[Screened]:
     reasons: dict[str, str | None] = {}
     kept: _Kept = []
     for worker, update in updates:
-        vector = np.asarray(update, dtype=np.float64).ravel()
+        vector = np.asarray(update, dtype=np.float32).ravel()
         reasons[worker] = _alone(vector) or _copy_of(vector, kept)
         if reasons[worker] is None:
-            kept.append((worker, vector, float(np.linalg.norm(vector))))
+            kept.append((worker, vector, np.sqrt(_dot(vector, vector))))
     if len(kept) >= MIN_LEARNING_UPDATES:
         for worker, reason in _against_round(kept).items():
             reasons[worker] = reason
     return [Screened(worker, reasons[worker]) for worker, _ in updates]
 
 
-def _alone(vector: _Vector) -> str | None:
+def _dot(a: npt.NDArray[np.floating], b: npt.NDArray[np.floating]) -> float:
+    total = 0.0
+    for start in range(0, a.size, _SLICE):
+        stop = start + _SLICE
+        total += float(a[start:stop].astype(np.float64) @ b[start:stop].astype(np.float64))
+    return total
+
+
+def _alone(vector: Update) -> str | None:
     if vector.size == 0:
         return "the update is empty"
     if not np.isfinite(vector).all():
@@ -73,11 +84,11 @@ def _alone(vector: _Vector) -> str | None:
     return None
 
 
-def _copy_of(vector: _Vector, kept: _Kept) -> str | None:
-    norm = float(np.linalg.norm(vector))
+def _copy_of(vector: Update, kept: _Kept) -> str | None:
+    norm = np.sqrt(_dot(vector, vector))
     for other, previous, previous_norm in kept:
         same_size = previous.size == vector.size
-        if same_size and float(vector @ previous) / (norm * previous_norm) > COPY_COSINE:
+        if same_size and _dot(vector, previous) / (norm * previous_norm) > COPY_COSINE:
             return f"the update is a copy of {other}'s"
     return None
 
@@ -93,11 +104,18 @@ def _against_round(kept: _Kept) -> dict[str, str]:
             times = float(np.exp(off))
             side = "larger" if log_norm > centre else "smaller"
             flagged[worker] = f"the update's norm is {times:.1f} times {side} than the round's"
-    total = np.sum([vector for _, vector, _ in kept], axis=0)
+    # The cosine of each update to the sum of the others, from its products with the round's
+    # total: |total - v|^2 = |total|^2 - 2 v.total + |v|^2, with no per-update copy.
+    total = np.zeros(kept[0][1].size, dtype=np.float32)
+    for _, vector, _ in kept:
+        total += vector
+    total_sq = _dot(total, total)
     cosines = []
     for _, vector, norm in kept:
-        others = total - vector
-        cosines.append(float(vector @ others) / (norm * float(np.linalg.norm(others)) or 1.0))
+        with_total = _dot(vector, total)
+        others_sq = max(total_sq - 2 * with_total + norm * norm, 0.0)
+        denominator = norm * np.sqrt(others_sq)
+        cosines.append((with_total - norm * norm) / denominator if denominator else 0.0)
     median_cosine = float(np.median(cosines))
     if median_cosine >= MIN_SHARED_COSINE:
         for (worker, _, _), cosine in zip(kept, cosines, strict=True):

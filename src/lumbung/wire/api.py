@@ -278,6 +278,14 @@ class RoundUpdateReport(Inbound):
     device: Annotated[str, Field(pattern=r"^[a-z0-9:_-]{1,32}$")] = "cpu"  # where it trained
 
 
+class ScreenedUpdate(Model):
+    """An update a round left out of its aggregate, and why."""
+
+    task_id: str
+    node_id: str
+    reason: str
+
+
 class RoundView(Model):
     index: int
     state: str
@@ -289,6 +297,7 @@ class RoundView(Model):
     # bytes_down, duration_s
     metrics: dict[str, float]
     devices: list[str] = Field(default_factory=list)  # where each update's inner steps ran
+    screened_out: list[ScreenedUpdate] = Field(default_factory=list)
 
 
 class TaskComplete(Inbound):
