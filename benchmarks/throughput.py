@@ -1,7 +1,9 @@
 """Throughput: no-op tasks through claim, heartbeat and completion by 50 simulated nodes, on SQLite
 and on PostgreSQL. Target: at least 300 tasks/s on 2 cores.
 
-Each node loops: claim (long-poll, wait_s=1) -> one heartbeat naming the task -> complete (exit 0).
+Each node loops: claim (long-poll, wait_s=1) -> one heartbeat naming the task -> complete (exit 0,
+with a signed result commitment, as a real node sends: the hub checks it and appends it to the
+ledger).
 All jobs are queued before the nodes start, and the run waits out the hub's cheaper-node grace, so
 what is measured is the hub's claim path, not its first-refusal policy.
 
@@ -45,6 +47,7 @@ from lumbung.config import HubConfig
 from lumbung.crypto.keys import Identity
 from lumbung.errors import LumbungError
 from lumbung.wire.api import HeartbeatRequest, TaskComplete, TaskReport
+from lumbung.wire.commitment import ExecutionClass, commitment_body
 
 TARGET_TASKS_PER_S = 300.0
 REQUESTS_PER_TASK = 3
@@ -53,6 +56,10 @@ CLAIM_WAIT_S = 1.0
 MAX_DRAIN_S = 240.0
 # A node that keeps failing is a broken run, not a slow one.
 _MAX_ERRORS = 50
+WHERE = ExecutionClass(
+    device="cpu", device_model="bench", platform="Linux-x86_64", python="3.11", threads=1,
+    deterministic=True,
+)  # fmt: skip
 
 
 class Drain:
@@ -89,10 +96,21 @@ def node_loop(session: NodeSession, drain: Drain, start: threading.Barrier) -> N
                 continue
             report = TaskReport(task_id=assignment.task_id, attempt=assignment.attempt)
             session.heartbeat(HeartbeatRequest(tasks=[report], free_slots=0))
-            session.complete(
-                assignment.task_id,
-                TaskComplete(attempt=assignment.attempt, exit_code=0, runtime_s=0.0),
+            body = commitment_body(
+                job_id=assignment.job_id,
+                task_id=assignment.task_id,
+                attempt=assignment.attempt,
+                node=session.node_id,
+                outputs={},
+                execution_class=WHERE,
             )
+            result = TaskComplete(
+                attempt=assignment.attempt,
+                exit_code=0,
+                runtime_s=0.0,
+                commitment=session.commit(body),
+            )
+            session.complete(assignment.task_id, result)
             drain.task_done()
         except LumbungError as exc:
             drain.error(exc)

@@ -12,7 +12,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import FAUCET_MICRO, FEE_BPS, LEASE_TIMEOUT_S, Cluster, counter_spec, wait_for
+from conftest import (
+    FAUCET_MICRO,
+    FEE_BPS,
+    LEASE_TIMEOUT_S,
+    Cluster,
+    counter_spec,
+    lumbung_cli,
+    wait_for,
+)
 from lumbung.client import Client
 from lumbung.client.auth import SignedAuth
 from lumbung.crypto.keys import Identity
@@ -223,3 +231,24 @@ def test_a_failing_task_is_retried_then_fails_the_job_with_its_logs(cluster: Clu
     assert job.tasks[0].attempt == 2  # retries: 1
     assert job.error is not None
     assert "failing on purpose" in job.error
+
+
+def test_a_replicated_task_runs_on_two_real_nodes_which_commit_to_one_result(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cluster.start_node("n1")
+    cluster.start_node("n2")
+    cluster.wait_nodes_online(2)
+    spec = {**counter_spec(steps=3, step_s=0.05), "verify": {"mode": "replicate"}}
+    job_id = cluster.client.submit(validate_spec(spec)).job.id
+    job = cluster.wait_job(job_id)
+    assert job.state == "succeeded", cluster.logs()
+    replicas = sorted(job.tasks, key=lambda t: t.replica)
+    assert [(t.replica, t.verdict) for t in replicas] == [(0, "agreed"), (1, "agreed")]
+    assert len({t.node_id for t in replicas}) == 2  # on distinct nodes
+    assert replicas[0].outputs == replicas[1].outputs  # same bytes from the same class
+    assert {w.node_id for w in job.work if w.kept_s > 0} == {t.node_id for t in replicas}
+    # Each node signed what it returned; the audit checks every signature against its node.
+    audited = lumbung_cli(cluster, "ledger", "verify")
+    assert audited.returncode == 0, audited.stderr
+    assert "2 commitments, each signed by its node" in audited.stdout

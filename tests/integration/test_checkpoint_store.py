@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from test_store import T0, lease, link, stored_job_with_tasks
+from test_store import T0, lease, link, make_job, make_task, stored_job_with_tasks
 
 from lumbung.errors import NotFound
 from lumbung.market.model import Work
@@ -59,8 +59,17 @@ def test_migration_0005_forgets_times_no_node_could_have_kept(sql_url: str) -> N
     with engine.begin() as conn:
         config.attributes["connection"] = conn
         command.upgrade(config, "0004")
-    store = SqlStore(engine)
-    job, (task,) = stored_job_with_tasks(store)
+    # Rows as revision 0004 held them: no replica, verdict or execution class (revision 0007).
+    job = make_job()
+    task = make_task(job)
+    task_row = {
+        k: v
+        for k, v in t.task_row(task).items()
+        if k not in ("replica", "verdict", "execution_class")
+    }
+    with engine.begin() as conn:
+        conn.execute(sa.insert(t.jobs), t.job_row(job))
+        conn.execute(sa.insert(t.tasks), task_row)
     # Before the hub measured time, a node's claim of infinity was stored as it came.
     poisoned = {"runtime_s": math.inf, "kept_s": math.inf}
     row = {k: v for k, v in t.checkpoint_row(link(task, 1)).items() if k != "rejected"}

@@ -6,6 +6,7 @@ test can hand the auditor exactly the history it wants it to see.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,11 +16,12 @@ import pytest
 from lumbung.client.audit import PROOF_SAMPLE, audit, proof_sample, prove_inclusion
 from lumbung.client.ledger import Account, InclusionProof, LedgerClient
 from lumbung.crypto.keys import Identity
-from lumbung.errors import ProofError, Unauthenticated
+from lumbung.errors import ProofError, Rejected, Unauthenticated
 from lumbung.hub.ledger import LogService
 from lumbung.ledger import signatures
-from lumbung.ledger.entries import SignedEntry, decode_leaf, leaf_bytes
+from lumbung.ledger.entries import ResultCommitment, SignedEntry, decode_leaf, leaf_bytes
 from lumbung.store.ledger import MemoryLedgerStore
+from lumbung.wire.commitment import ExecutionClass, commitment_body, signed_bytes
 
 
 class InProcessLedger(LedgerClient):
@@ -181,3 +183,40 @@ def test_signatures_checked_in_worker_processes_catch_a_forged_one(
     tampered = InProcessLedger(log, tamper={6: leaf_bytes(forged)})
     with pytest.raises(Unauthenticated, match="leaf 6"):
         audit(tampered, tmp_path / "fresh")
+
+
+def _commitment(node: Identity, signer: Identity, outputs: dict[str, str]) -> dict[str, object]:
+    where = ExecutionClass(
+        device="cpu", device_model="x", platform="Linux-x86_64", python="3.11", threads=1,
+        deterministic=True,
+    )  # fmt: skip
+    body = commitment_body(
+        job_id="job_aaaaaaaaaaaaaaaa", task_id="task_aaaaaaaaaaaaaaaa", attempt=1,
+        node=node.actor_id, outputs=outputs, execution_class=where,
+    )  # fmt: skip
+    signature = signer.sign(signed_bytes(body)).hex()
+    return {**body, "public_key": signer.public_key_raw.hex(), "signature": signature}
+
+
+def test_a_result_commitment_the_hub_made_up_for_a_node_fails_the_audit(tmp_path: Path) -> None:
+    key, node = Identity.generate(), Identity.generate()
+    log = _log(key, 1)
+    honest = _commitment(node, node, {"out.json": "a" * 64})
+    log.append_as_hub(lambda _: [functools.partial(ResultCommitment, body=honest)])
+    assert audit(InProcessLedger(log), tmp_path).commitments == 1
+    # The hub claims the node committed to other outputs: the node's signature does not cover it.
+    edited = {**honest, "outputs": {"out.json": "b" * 64}}
+    log.append_as_hub(lambda _: [functools.partial(ResultCommitment, body=edited)])
+    with pytest.raises(Rejected, match="leaf 2: does not sign this result"):
+        audit(InProcessLedger(log), tmp_path)
+
+
+def test_a_commitment_signed_with_the_hubs_own_key_for_a_node_fails_the_audit(
+    tmp_path: Path,
+) -> None:
+    key, node = Identity.generate(), Identity.generate()
+    log = _log(key, 1)
+    forged = _commitment(node, key, {"out.json": "a" * 64})
+    log.append_as_hub(lambda _: [functools.partial(ResultCommitment, body=forged)])
+    with pytest.raises(Rejected, match="not the key of the node"):
+        audit(InProcessLedger(log), tmp_path)

@@ -61,7 +61,7 @@ from lumbung.witness import COSIGNATURES_PATH, Witness, default_name
 FAUCET_MICRO = 1_000_000
 AT_MS = 1_800_000_000_000
 HUB_URL = "http://testserver"
-RESERVED = (DatasetRegistration, Grant, Revocation, ResultCommitment)
+RESERVED = (DatasetRegistration, Grant, Revocation)
 
 
 class Monotonic:
@@ -253,6 +253,19 @@ def test_entries_of_a_reserved_kind_are_refused_naming_the_kind(hub: Hub, cls: t
     _refused(hub.append(alice, batch), 422, "entries.1.entry.kind")
     assert hub.size() == size
     assert {cls.kind for cls in RESERVED} == RESERVED_KINDS
+
+
+def test_a_result_commitment_is_refused_from_anyone_but_the_hub(hub: Hub) -> None:
+    # A provider forging "the node committed to X" records, or flooding them: only the hub
+    # appends them, from a completion report it checked.
+    alice = Identity.generate()
+    hub.faucet(alice)
+    size = hub.size()
+    body = _refused(
+        hub.append(alice, [_reserved(ResultCommitment, alice, 1)]), 422, "entries.0.entry.kind"
+    )
+    assert "completion report" in body["message"]
+    assert hub.size() == size
 
 
 def test_an_unfunded_actor_cannot_append_a_thousand_reserved_entries(hub: Hub) -> None:

@@ -8,7 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import sqlalchemy as sa
+from alembic import command
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 
 from lumbung.errors import Conflict, NotFound, StaleWrite
@@ -26,8 +28,9 @@ from lumbung.market.model import (
     TaskState,
     Work,
 )
+from lumbung.store import tables
 from lumbung.store.protocol import Changes, Store
-from lumbung.store.sql import SqlStore
+from lumbung.store.sql import MIGRATIONS_DIR, SqlStore
 from lumbung.store.tables import metadata
 from lumbung.wire.api import GpuInfo, Inventory
 from lumbung.wire.spec import JobSpec
@@ -57,7 +60,7 @@ def make_job(owner: str = OWNER, created_at: float = T0) -> Job:
     )
 
 
-def make_task(job: Job, index: int = 0, queued_at: float = T0) -> Task:
+def make_task(job: Job, index: int = 0, queued_at: float = T0, replica: int = 0) -> Task:
     return Task(
         id=new_id("task"),
         job_id=job.id,
@@ -66,6 +69,7 @@ def make_task(job: Job, index: int = 0, queued_at: float = T0) -> Task:
         state=TaskState.QUEUED,
         queued_at=queued_at,
         updated_at=queued_at,
+        replica=replica,
     )
 
 
@@ -314,6 +318,77 @@ def test_racing_updates_of_one_task_version_let_exactly_one_win(store: Store) ->
     assert store.get_task(task.id).version == 1
 
 
+# --- replicas: copies of one logical task ------------------------------------------------------
+
+
+def test_new_tasks_are_stored_and_listed_as_replicas_in_order(store: Store) -> None:
+    job, [first, other] = stored_job_with_tasks(store, count=2)
+    second = make_task(job, 0, queued_at=T0 + 5, replica=2)
+    second.verdict = "unverified"
+    third = make_task(job, 0, queued_at=T0 + 5, replica=1)
+    store.apply(Changes(new_tasks=[second, third], checkpoints=[link(third, 0)]))
+    assert store.list_replicas(job.id, 0) == [first, third, second]
+    assert store.get_task(second.id) == second
+    assert (second.replica, second.verdict, second.version) == (2, "unverified", 0)
+    assert store.list_replicas(job.id, 1) == [other]
+    assert store.list_replicas(job.id, 7) == []
+    assert [(x.index, x.replica) for x in store.list_tasks(job.id)] == [
+        (0, 0),
+        (0, 1),
+        (0, 2),
+        (1, 0),
+    ]
+    assert store.list_checkpoints(third.id) == [link(third, 0)]  # a link may name a new task
+
+
+def test_a_taken_replica_conflicts_and_nothing_of_the_batch_is_kept(store: Store) -> None:
+    job, [task] = stored_job_with_tasks(store)
+    fresh = make_task(job, 0, replica=1)
+    taken = make_task(job, 0, replica=0)  # another id, but the copy the stored task already is
+    task.verdict = "agreed"
+    with pytest.raises(Conflict, match=f"job {job.id} index 0 replica 0"):
+        store.apply(Changes(tasks=[task], new_tasks=[fresh, taken]))
+    assert store.get_task(task.id).verdict is None
+    assert (task.version, store.get_task(task.id).version) == (0, 0)
+    assert store.list_replicas(job.id, 0) == [store.get_task(task.id)]
+    with pytest.raises(Conflict, match="replica 1"):  # one copy twice in one batch
+        store.apply(Changes(new_tasks=[fresh, make_task(job, 0, replica=1)]))
+    with pytest.raises(Conflict):  # a task id already stored
+        store.apply(Changes(new_tasks=[dataclasses.replace(task, replica=5)]))
+    assert [x.id for x in store.list_tasks(job.id)] == [task.id]
+
+
+def test_a_new_task_of_a_job_never_stored_conflicts(store: Store) -> None:
+    ghost = make_task(make_job(), 0, replica=1)
+    with pytest.raises(Conflict, match=f"job {ghost.job_id} index 0 replica 1"):
+        store.apply(Changes(new_tasks=[ghost]))
+    with pytest.raises(NotFound):
+        store.get_task(ghost.id)
+
+
+def test_create_job_refuses_two_tasks_that_are_one_copy(store: Store) -> None:
+    job = make_job()
+    with pytest.raises(Conflict):
+        store.create_job(job, [make_task(job, 0, replica=1), make_task(job, 0, replica=1)])
+    with pytest.raises(NotFound):
+        store.get_job(job.id)
+
+
+def test_verdicts_are_written_and_changed_through_apply(store: Store) -> None:
+    job, [task] = stored_job_with_tasks(store)
+    replica = make_task(job, 0, replica=1)
+    store.apply(Changes(new_tasks=[replica]))
+    task.verdict, replica.verdict = "agreed", "wrong"
+    store.apply(Changes(tasks=[task, replica]))
+    assert [(x.verdict, x.version) for x in store.list_replicas(job.id, 0)] == [
+        ("agreed", 1),
+        ("wrong", 1),
+    ]
+    replica.verdict = None
+    store.apply(Changes(tasks=[replica]))
+    assert store.get_task(replica.id) == replica
+
+
 # --- queues and leases --------------------------------------------------------------------------
 
 
@@ -330,6 +405,13 @@ def test_tasks_queued_together_come_in_index_order(store: Store) -> None:
     job = make_job()
     store.create_job(job, [make_task(job, i, queued_at=T0) for i in range(8)])
     assert [t.index for t in store.queued_tasks(limit=10)] == list(range(8))
+
+
+def test_replicas_queued_together_come_in_index_then_replica_order(store: Store) -> None:
+    job = make_job()
+    copies = [(i, r) for r in (2, 0, 1) for i in (1, 0)]
+    store.create_job(job, [make_task(job, i, queued_at=T0, replica=r) for i, r in copies])
+    assert [(t.index, t.replica) for t in store.queued_tasks(limit=10)] == sorted(copies)
 
 
 def test_running_tasks_can_be_filtered_by_node(store: Store) -> None:
@@ -442,12 +524,52 @@ def test_hubs_starting_at_once_migrate_exactly_once(sql_url: str) -> None:
     try:
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0006",)]
+        assert versions == [("0007",)]
         stores[0].put_node(make_node())
         assert stores[3].get_node(NODE) == make_node()
     finally:
         for opened in stores:
             opened.close()
+
+
+def _migrate_to(engine: sa.Engine, revision: str, *, down: bool = False) -> None:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    with engine.begin() as conn:
+        config.attributes["connection"] = conn
+        (command.downgrade if down else command.upgrade)(config, revision)
+
+
+def test_migration_0007_makes_existing_tasks_first_replicas_and_downgrades(sql_url: str) -> None:
+    engine = sa.create_engine(sql_url)
+    try:
+        _migrate_to(engine, "0006")
+        job = make_job()
+        tasks = [make_task(job, i) for i in range(2)]
+        with engine.begin() as conn:
+            conn.execute(sa.insert(tables.jobs), tables.job_row(job))
+            for task in tasks:  # a row as a hub before 0007 wrote it
+                row = tables.task_row(task)
+                del row["replica"], row["verdict"], row["execution_class"]
+                conn.execute(sa.insert(tables.tasks), row)
+        _migrate_to(engine, "0007")
+        store = SqlStore(engine)
+        assert store.list_replicas(job.id, 1) == [tasks[1]]
+        assert [(x.replica, x.verdict) for x in store.list_tasks(job.id)] == [(0, None)] * 2
+        store.apply(Changes(new_tasks=[make_task(job, 1, replica=1)]))
+        store.apply(Changes(checkpoints=[link(tasks[0], 0)]))  # the downgrade keeps child rows
+        _migrate_to(engine, "0006", down=True)
+        inspector = sa.inspect(engine)
+        assert {"replica", "verdict", "execution_class"}.isdisjoint(
+            c["name"] for c in inspector.get_columns("tasks")
+        )
+        assert "ux_tasks_job_id_index_replica" not in {
+            i["name"] for i in inspector.get_indexes("tasks")
+        }
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(sa.func.count()).select_from(tables.tasks)).scalar() == 3
+    finally:
+        engine.dispose()
 
 
 def test_task_state_counts_can_leave_some_tasks_out(store: Store) -> None:

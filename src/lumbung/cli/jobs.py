@@ -22,7 +22,7 @@ from lumbung.client import Client
 from lumbung.client.consumer import TERMINAL_STATES
 from lumbung.config import ClientConfig, load
 from lumbung.errors import Rejected
-from lumbung.wire.api import JobView, LogLine
+from lumbung.wire.api import JobView, LogLine, Results, TaskResult
 from lumbung.wire.spec import JobSpec, parse_spec
 
 job_app = typer.Typer(help="Submit, plan, watch and collect jobs.", no_args_is_help=True)
@@ -267,7 +267,7 @@ def results(
     with connect(hub, data_dir) as client:
         outcome = client.results(job_id)
         if download is not None:
-            for task in outcome.tasks:
+            for task in _kept_results(outcome):
                 for name, sha256 in task.outputs.items():
                     dest = download / f"task-{task.index}" / name
                     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -285,6 +285,18 @@ def results(
     console.print(render.results_table(outcome, names))
     if download is not None:
         console.print(f"outputs downloaded into {download}")
+
+
+def _kept_results(outcome: Results) -> list[TaskResult]:
+    """The result of each task to download: of a replicated task, the first replica the quorum
+    agreed on (a wrong or unverified one is never the result)."""
+    if not any(t.replica or t.verdict for t in outcome.tasks):
+        return outcome.tasks
+    kept: dict[int, TaskResult] = {}
+    for task in sorted(outcome.tasks, key=lambda t: (t.index, t.replica)):
+        if task.verdict == "agreed":
+            kept.setdefault(task.index, task)
+    return [kept[index] for index in sorted(kept)]
 
 
 @job_app.command()

@@ -67,6 +67,8 @@ def verify(
     console.print(f"entries   {report.size} (every signature and sequence number checked)")
     console.print(f"root      {report.root.hex()} (matches the signed checkpoint)")
     console.print(f"accounts  {report.accounts} replayed, supply {credits(report.supply_micro)}")
+    if report.commitments:
+        console.print(f"results   {report.commitments} commitments, each signed by its node")
     if report.previous_size is None:
         console.print("pinned    the log's key, on first use")
     else:

@@ -163,18 +163,33 @@ def tasks_table(job: JobView, node_names: Mapping[str, str]) -> Table:
     table.add_column("state")
     table.add_column("progress")
     table.add_column("ckpts", justify="right")
-    for task in sorted(job.tasks, key=lambda t: t.index):
+    replicated = job.spec.verify.replicated
+    if replicated:
+        table.add_column("verdict")
+    for task in sorted(job.tasks, key=lambda t: (t.index, t.replica)):
         node = node_names.get(task.node_id, task.node_id) if task.node_id else "-"
+        verdict = [verdict_text(task.verdict)] if replicated else []
         table.add_row(
-            str(task.index),
+            f"{task.index}.{task.replica}" if replicated else str(task.index),
             format_params(task.params),
             node,
             str(task.attempt),
             state_text(task.state),
             progress_cell(task.progress),
             str(len(task.checkpoints)),
+            *verdict,
         )
     return table
+
+
+_VERDICT_STYLES = {"agreed": "green", "wrong": "bold red", "unverified": "yellow"}
+
+
+def verdict_text(verdict: str | None) -> Text:
+    """A replica's verdict: what the quorum found, or that it is still open."""
+    if verdict is None:
+        return Text("-", style="dim")
+    return Text(verdict, style=_VERDICT_STYLES.get(verdict, ""))
 
 
 def work_table(work: Sequence[WorkView]) -> Table:
@@ -386,15 +401,19 @@ def results_table(results: Results, node_names: Mapping[str, str]) -> Table:
     table.add_column("node")
     table.add_column("exit", justify="right")
     table.add_column("outputs")
-    for task in sorted(results.tasks, key=lambda t: t.index):
+    replicated = any(t.replica or t.verdict for t in results.tasks)
+    if replicated:
+        table.add_column("verdict")
+    for task in sorted(results.tasks, key=lambda t: (t.index, t.replica)):
         node = node_names.get(task.node_id, task.node_id) if task.node_id else "-"
         outputs = ", ".join(f"{name} {sha[:12]}" for name, sha in sorted(task.outputs.items()))
         table.add_row(
-            str(task.index),
+            f"{task.index}.{task.replica}" if replicated else str(task.index),
             format_params(task.params),
             state_text(task.state),
             node,
             "-" if task.exit_code is None else str(task.exit_code),
             outputs or "-",
+            *([verdict_text(task.verdict)] if replicated else []),
         )
     return table

@@ -28,7 +28,8 @@ from lumbung.ledger.checkpoint import (
     require_witnesses,
     witnesses_that_signed,
 )
-from lumbung.ledger.entries import decode_leaf
+from lumbung.ledger.commitments import verify_commitment
+from lumbung.ledger.entries import ResultCommitment, decode_leaf
 from lumbung.ledger.merkle import leaf_hash, root, verify_consistency, verify_inclusion
 from lumbung.ledger.note import parse_vkey
 from lumbung.ledger.signatures import SignatureChecker
@@ -59,6 +60,7 @@ class AuditReport:
     supply_micro: int
     previous_size: int | None  # the pinned size the new head was proven consistent with
     witnesses: tuple[str, ...] = ()  # the given witnesses whose cosignature verified
+    commitments: int = 0  # result commitments, each checked against its node's signature
 
 
 def pin_path(data_dir: Path, origin: str) -> Path:
@@ -156,6 +158,7 @@ def audit(
         supply_micro=snapshot.supply,
         previous_size=None if log.pin is None else log.pin.size,
         witnesses=tuple(witnesses_that_signed(note, witness_keys)),
+        commitments=replay.commitments,
     )
 
 
@@ -168,6 +171,7 @@ class _Replay:
         self.size = 0
         self._treasury = treasury
         self._checker = SignatureChecker()
+        self.commitments = 0  # result commitments whose node signature was checked
 
     def leaves(self, start: int, end: int) -> list[bytes]:
         """Replay leaves ``start`` to ``end`` (from where the last call stopped); their hashes."""
@@ -182,6 +186,10 @@ class _Replay:
                 try:
                     signed = decode_leaf(leaf)
                     self.ledger.apply_verified(signed, treasury=self._treasury, hub=self._treasury)
+                    if isinstance(signed.entry, ResultCommitment):
+                        # The node's own signature: the hub cannot invent a node's claim.
+                        verify_commitment(signed.entry.body)
+                        self.commitments += 1
                 except LumbungError as exc:
                     raise type(exc)(f"leaf {self.size}: {exc.message}", field=exc.field) from exc
                 hashes.append(leaf_hash(leaf))

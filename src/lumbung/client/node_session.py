@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -17,12 +19,14 @@ from lumbung.wire.api import (
     LogChunk,
     NodeRegister,
     NodeView,
+    ResultCommitmentReport,
     ResumeFailed,
     RoundInfo,
     RoundUpdateReport,
     TaskComplete,
     TaskRelease,
 )
+from lumbung.wire.commitment import ExecutionClass, signed_bytes
 
 # Extra seconds on top of a long-poll's wait before the HTTP request itself gives up.
 _CLAIM_SLACK_S = 10.0
@@ -72,6 +76,16 @@ class NodeSession:
         """Tell the hub which checkpoints did not restore and which one the task resumed from."""
         self._hub.call(
             "POST", f"/v1/tasks/{task_id}/resume-failed", json=report.model_dump(mode="json")
+        )
+
+    def commit(self, body: Mapping[str, Any]) -> ResultCommitmentReport:
+        """Sign a result commitment's body (``lumbung.wire.commitment.commitment_body``) with
+        the node's key."""
+        identity = self._hub.identity
+        return ResultCommitmentReport(
+            execution_class=ExecutionClass.model_validate(body["execution_class"]),
+            public_key=identity.public_key_raw.hex(),
+            signature=identity.sign(signed_bytes(body)).hex(),
         )
 
     def complete(self, task_id: str, result: TaskComplete) -> None:

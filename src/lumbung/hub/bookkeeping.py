@@ -121,6 +121,10 @@ def update_job_state(ctx: HubContext, job: Job, changes: Changes, now: float) ->
     counts = ctx.store.task_state_counts(job.id, excluding=list(changed))
     states = {s for s, n in counts.items() if n} | {t.state for t in changed.values()}
     state = job_state_of(states, cancelled=False)
+    if state is JobState.SUCCEEDED and job.spec.verify.replicated:
+        tasks = [changed.get(t.id, t) for t in ctx.store.list_tasks(job.id)]
+        if any(t.state is TaskState.SUCCEEDED and t.verdict is None for t in tasks):
+            state = JobState.RUNNING  # a finished replica still waits for its verdict
     if state is JobState.FAILED:
         tasks = [changed.get(t.id, t) for t in ctx.store.list_tasks(job.id)]
         failed = next(t for t in tasks if t.state is TaskState.FAILED)

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Callable
 
 from lumbung.errors import Conflict, LumbungError, NotFound, Rejected
+from lumbung.hub import replication
 from lumbung.hub.bookkeeping import recount_job
 from lumbung.hub.context import HubContext
 from lumbung.hub.ledger import Draft, LogService
@@ -138,19 +139,22 @@ def _terms(
 ) -> tuple[list[KeptWork], int, bool]:
     """What the escrow settles against: the job's kept work, each task's budget, and whether
     the job is over."""
+    spec: JobSpec | None = None
     try:
         job: Job = ctx.store.get_job(job_id)
     except NotFound:
         return [], 0, bool(final)  # a lock whose job was never stored: nothing was earned
     except UnreadableJob as exc:
-        # Its spec no longer reads; the lock was exactly its task count times each task's
-        # budget, so the budget is still known and its kept work is still paid.
+        # Its spec no longer reads; the lock was its task count times each task's budget (times
+        # its runs, for a replicated job, whose rows are fewer until all have run), so the
+        # budget is at most this, settlement never pays past the lock, and kept work is paid.
         tasks = sum(ctx.store.task_state_counts(job_id).values())
         budget, state = escrow.locked // max(tasks, 1), exc.state
     else:
+        spec = job.spec
         budget, state = task_budget_micro(job.spec), job.state
     over = state in TERMINAL_JOB_STATES if final is None else final
-    return _kept_work(ctx, job_id), budget, over
+    return _kept_work(ctx, job_id, spec), budget, over
 
 
 def settle_quietly(ctx: HubContext, job_id: str) -> None:
@@ -184,7 +188,9 @@ def reconcile_job(ctx: HubContext, job_id: str) -> int:
             return 0  # its submission may still be storing the job
         settle(ctx, job_id, final=True)
     else:
-        recount_job(ctx, job_id)  # a hub that stopped between a task's commit and its recount
+        # A hub that stopped between a task's commit and its judgement or its recount.
+        replication.judge_waiting(ctx, ctx.store.get_job(job_id))
+        recount_job(ctx, job_id)
         settle(ctx, job_id)
     return service.size - before
 
@@ -240,7 +246,15 @@ def _require_new_job(ctx: HubContext, job_id: str) -> None:
     raise Conflict(f"job id {job_id} already has an escrow", field="escrow.entry.job_id")
 
 
-def _kept_work(ctx: HubContext, job_id: str) -> list[KeptWork]:
+def _kept_work(ctx: HubContext, job_id: str, spec: JobSpec | None) -> list[KeptWork]:
+    """The job's kept work; of a replicated job, only the work of replicas the quorum agreed
+    with (``lumbung.hub.replication``): a wrong or unverified result earns nothing."""
+    paid: set[str] | None = None
+    if spec is None or spec.verify.replicated:
+        tasks = ctx.store.list_tasks(job_id)
+        # A job whose spec no longer reads is known to be replicated by its rows.
+        if spec is not None or any(t.replica > 0 for t in tasks):
+            paid = {t.id for t in tasks if t.verdict == replication.AGREED}
     return [
         KeptWork(
             task_id=w.task_id,
@@ -251,7 +265,7 @@ def _kept_work(ctx: HubContext, job_id: str) -> list[KeptWork]:
             kept_ms=int(w.kept_s * 1000),
         )
         for w in ctx.store.list_work(job_id)
-        if w.kept_s > 0
+        if w.kept_s > 0 and (paid is None or w.task_id in paid)
     ]
 
 

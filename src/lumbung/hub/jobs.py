@@ -224,6 +224,8 @@ def results(ctx: HubContext, owner: str, job_id: str) -> Results:
                 node_id=t.node_id,
                 exit_code=t.exit_code,
                 outputs=t.outputs,
+                replica=t.replica,
+                verdict=t.verdict,
             )
             for t in ctx.store.list_tasks(job_id)
         ],

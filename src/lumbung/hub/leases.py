@@ -12,6 +12,7 @@ that reached it as a timed-out, failed attempt, the same as the node's own time 
 from __future__ import annotations
 
 import random
+import secrets
 from dataclasses import replace
 
 from lumbung.errors import NotFound, StaleWrite
@@ -172,6 +173,7 @@ def _choose(
             # None: a job that cannot be read back, isolated now so the others go on
             if (spec := readable_spec(ctx, t.job_id)) is not None
             and not _retry_elsewhere(t, spec, me.node.id, others)
+            and _replica_drawn(ctx, t, spec, me.node.id, others)
         ]
         chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
         for _ in range(skip):
@@ -192,6 +194,35 @@ def _retry_elsewhere(task: Task, spec: JobSpec, node_id: str, others: list[NodeS
         o.online and not o.node.draining and o.node.free_slots > 0 and not exclusions(o, spec)
         for o in others
     )
+
+
+def _replica_drawn(
+    ctx: HubContext, task: Task, spec: JobSpec, node_id: str, others: list[NodeSnapshot]
+) -> bool:
+    """Whether this node may take ``task``, a replica, on this claim.
+
+    Never a replica of a task whose other replica it holds or ran. Otherwise by lot among it
+    and the other idle nodes that could take it, so that which nodes check a result is left to
+    chance: taking the first claimer (or the cheapest) would let whoever claims fastest with
+    many nodes check itself. A node that loses the draw claims again within a poll interval.
+    """
+    if not spec.verify.replicated:
+        return True
+    holders = {
+        t.node_id for t in ctx.store.list_replicas(task.job_id, task.index) if t.id != task.id
+    }
+    if node_id in holders:
+        return False
+    rivals = sum(
+        1
+        for o in others
+        if o.online
+        and not o.node.draining
+        and o.node.free_slots > 0
+        and o.node.id not in holders
+        and not exclusions(o, spec)
+    )
+    return secrets.randbelow(rivals + 1) == 0
 
 
 def lease_end(ctx: HubContext, task: Task, spec: JobSpec, now: float) -> float:

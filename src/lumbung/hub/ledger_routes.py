@@ -32,7 +32,13 @@ from lumbung.hub.cosign import accepted_witnesses, add_cosignature
 from lumbung.hub.ledger import LogService
 from lumbung.hub.write_limits import Writer, take_entries
 from lumbung.ledger.balances import Ledger
-from lumbung.ledger.entries import RESERVED_KINDS, EscrowLock, SignedEntry, decode_leaf
+from lumbung.ledger.entries import (
+    RESERVED_KINDS,
+    EscrowLock,
+    ResultCommitment,
+    SignedEntry,
+    decode_leaf,
+)
 from lumbung.ledger.merkle import HASH_SIZE_BYTES
 
 router = APIRouter(prefix="/v1/ledger")
@@ -81,12 +87,19 @@ def decode_entries(encoded: list[str]) -> list[SignedEntry]:
 
 
 def check_market_rules(ctx: HubContext, entries: list[SignedEntry]) -> None:
-    """Rules of the market on top of the ledger's own: the reserved kinds wait for the issues that
-    define them (until then they would be free-form bytes kept for ever), escrow is locked only by
-    submitting a job (so no lock exists without its job), and stake stays while its provider
-    holds a lease (``lumbung.hub.escrow.refuse_leased_unstakes``)."""
+    """Rules of the market on top of the ledger's own: result commitments come only from
+    completion reports, the reserved kinds wait for the issues that define them (until then
+    they would be free-form bytes kept for ever), escrow is locked only by submitting a job (so
+    no lock exists without its job), and stake stays while its provider holds a lease
+    (``lumbung.hub.escrow.refuse_leased_unstakes``)."""
     for position, signed in enumerate(entries):
         entry = signed.entry
+        if isinstance(entry, ResultCommitment):
+            raise Rejected(
+                f"entry {position}: result_commitment entries are the hub's record of a node's "
+                "completion report (POST /v1/tasks/{task_id}/complete), not appended here",
+                field=f"entries.{position}.entry.kind",
+            )
         if entry.kind in RESERVED_KINDS:
             raise Rejected(
                 f"entry {position}: {entry.kind.value} entries are reserved for a later issue;"

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import ParamSpec, TypeVar
 
 from lumbung.errors import Conflict, Forbidden, LumbungError, Rejected, StaleWrite, Unavailable
-from lumbung.hub import escrow
+from lumbung.hub import commitments, escrow, replication
 from lumbung.hub.bookkeeping import (
     attempt_deadline,
     attempt_work,
@@ -190,6 +190,10 @@ def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) 
         error = f"exit code {result.exit_code}"
     if error is None:
         error = _output_problem(ctx, job.spec.outputs, result.outputs)
+    replicated = job.spec.verify.replicated
+    committed = None
+    if error is None:
+        committed = commitments.checked(task, node_id, result, required=replicated)
     work = attempt_work(ctx, task, result.runtime_s, now, completed=error is None)
     task.exit_code = result.exit_code
     task.lease_expires_at = None
@@ -198,6 +202,8 @@ def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) 
         task.state = next_task_state(task.state, TaskEvent.SUCCEED)
         task.outputs = dict(result.outputs)
         task.progress = 1.0
+        if result.commitment is not None:
+            task.execution_class = result.commitment.execution_class.digest()
     else:
         event = fail_event(task, job.spec.retries)
         task.failures += 1
@@ -206,6 +212,10 @@ def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) 
     changes = Changes(tasks=[task], work=[work])
     update_job_state(ctx, job, changes, now)
     ctx.store.apply(changes)
+    if committed is not None:
+        commitments.record(ctx, committed)  # in the log before any verdict on it
+    if task.state is TaskState.SUCCEEDED and replicated:
+        replication.judge(ctx, job.id, task.index)  # before the recount: it may add replicas
     recount_job(ctx, job.id)
     escrow.settle_quietly(ctx, job.id)
     if task.state is TaskState.QUEUED:

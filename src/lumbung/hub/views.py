@@ -47,6 +47,8 @@ def _task_view(task: Task, chain: list[CheckpointLink]) -> TaskView:
         exit_code=task.exit_code,
         outputs=task.outputs,
         error=task.error,
+        replica=task.replica,
+        verdict=task.verdict,
         checkpoints=[
             CheckpointView(
                 seq=c.seq,

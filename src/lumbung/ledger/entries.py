@@ -48,11 +48,12 @@ class EntryKind(StrEnum):
     STAKE = "stake"
     UNSTAKE = "unstake"
     SLASH = "slash"
+    # A node's signed claim about a result, appended by the hub (lumbung.wire.commitment).
+    RESULT_COMMITMENT = "result_commitment"
     # Reserved for later issues; their bodies are free-form canonical JSON until then.
     DATASET_REGISTRATION = "dataset_registration"
     GRANT = "grant"
     REVOCATION = "revocation"
-    RESULT_COMMITMENT = "result_commitment"
 
 
 # Kinds whose meaning a later issue defines: a log that holds some still replays (they only
@@ -62,7 +63,6 @@ RESERVED_KINDS = frozenset(
         EntryKind.DATASET_REGISTRATION,
         EntryKind.GRANT,
         EntryKind.REVOCATION,
-        EntryKind.RESULT_COMMITMENT,
     }
 )
 

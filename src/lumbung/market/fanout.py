@@ -22,20 +22,31 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def tasks_for(job_id: str, spec: JobSpec, now: float) -> list[Task]:
-    """One QUEUED task per entry of ``spec.task_params()``, indexed 0..n-1 in that order."""
+    """One QUEUED task per entry of ``spec.task_params()``, indexed 0..n-1 in that order; a
+    replicated job (``verify.mode: replicate``) has ``verify.replicas`` of each, sharing its index.
+    """
     validate_command_placeholders(spec)
+    copies = spec.verify.replicas if spec.verify.replicated else 1
     return [
-        Task(
-            id=new_id("task"),
-            job_id=job_id,
-            index=index,
-            params=params,
-            state=TaskState.QUEUED,
-            queued_at=now,
-            updated_at=now,
-        )
+        replica_task(job_id, index, params, replica, now)
         for index, params in enumerate(spec.task_params())
+        for replica in range(copies)
     ]
+
+
+def replica_task(
+    job_id: str, index: int, params: dict[str, Scalar], replica: int, now: float
+) -> Task:
+    return Task(
+        id=new_id("task"),
+        job_id=job_id,
+        index=index,
+        params=params,
+        state=TaskState.QUEUED,
+        queued_at=now,
+        updated_at=now,
+        replica=replica,
+    )
 
 
 def render_command(command: list[str], params: Mapping[str, Scalar]) -> list[str]:

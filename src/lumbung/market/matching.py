@@ -7,6 +7,10 @@ first refusal: a dearer node is told to wait while a better one that could run t
 and the better one will take it on its next claim. Because a node can be wedged (online by its
 heartbeats but no longer claiming), first refusal lasts only ``grace_s`` after the task was
 queued; after that any node that fits may take it, so no job starves behind a cheap, stuck node.
+
+Replicas of a task (``verify.mode: replicate``) get no first refusal by price: if the cheapest
+nodes always took them, one operator of many cheap nodes could arrange to check its own results.
+The hub picks among the nodes that claim them at random instead (``lumbung.hub.leases``).
 """
 
 from __future__ import annotations
@@ -149,7 +153,8 @@ def choose_task(
         key = id(spec)
         if key not in decided:
             fits = not exclusions(claimer, spec)
-            decided[key] = (fits, fits and _better_idle_node(claimer, others, spec))
+            by_price = fits and not spec.verify.replicated
+            decided[key] = (fits, by_price and _better_idle_node(claimer, others, spec))
         fits, outranked = decided[key]
         if fits and (not outranked or now - task.queued_at > grace_s):
             return task

@@ -65,8 +65,20 @@ def task_budget_micro(spec: JobSpec) -> int:
 
 
 def escrow_micro(spec: JobSpec) -> int:
-    """What submitting ``spec`` locks in escrow: its worst case at its own price limit."""
-    return cost_micro(spec.max_price_micro_per_hour, spec.max_runtime_s, spec.task_count())
+    """What submitting ``spec`` locks in escrow: its worst case at its own price limit, every
+    run of every task (a replicated task may run ``verify.max_replicas`` times)."""
+    runs = spec.task_count() * spec.verify.runs_per_task()
+    return cost_micro(spec.max_price_micro_per_hour, spec.max_runtime_s, runs)
+
+
+def verification_extra(spec: JobSpec, price_micro_per_hour: int) -> tuple[float, int]:
+    """What verifying ``spec`` costs on top of running each task once, if its replicas agree:
+    node-hours at the time limit, and micro-credits at ``price_micro_per_hour``."""
+    if not spec.verify.replicated:
+        return 0.0, 0
+    extra_runs = spec.task_count() * (spec.verify.replicas - 1)
+    hours = extra_runs * spec.max_runtime_s / SECONDS_PER_HOUR
+    return hours, cost_micro(price_micro_per_hour, spec.max_runtime_s, extra_runs)
 
 
 def make_plan(spec: JobSpec, nodes: Sequence[NodeSnapshot]) -> Plan:
@@ -86,8 +98,10 @@ def make_plan(spec: JobSpec, nodes: Sequence[NodeSnapshot]) -> Plan:
             if cheapest_refused_micro is None or price < cheapest_refused_micro:
                 cheapest_refused_micro = price
     fitting.sort(key=lambda s: rank_key(s, spec))
-    fits = [_plan_node(s, spec, task_count) for s in fitting]
+    fits = [_plan_node(s, spec, task_count * spec.verify.runs_per_task()) for s in fitting]
     excluded_counts = {c: excluded[c] for c in CONSTRAINTS if excluded[c]}
+    price = fits[0].price_micro_per_hour if fits else spec.max_price_micro_per_hour
+    extra_hours, extra_micro = verification_extra(spec, price)
     plan = Plan(
         task_count=task_count,
         fits=fits,
@@ -95,6 +109,8 @@ def make_plan(spec: JobSpec, nodes: Sequence[NodeSnapshot]) -> Plan:
         nodes_considered=len(nodes),
         max_cost_micro=escrow_micro(spec),
         explanation=[],
+        verification_extra_node_hours=extra_hours,
+        verification_extra_micro=extra_micro,
     )
     return plan.model_copy(update={"explanation": _explain(spec, plan, cheapest_refused_micro)})
 
@@ -109,7 +125,7 @@ def waiting_reason(plan: Plan) -> str | None:
     return f"no online node fits: {counts}"
 
 
-def _plan_node(snapshot: NodeSnapshot, spec: JobSpec, task_count: int) -> PlanNode:
+def _plan_node(snapshot: NodeSnapshot, spec: JobSpec, runs: int) -> PlanNode:
     price = task_price_micro_per_hour(snapshot.node, spec.resources)
     return PlanNode(
         node_id=snapshot.node.id,
@@ -117,7 +133,7 @@ def _plan_node(snapshot: NodeSnapshot, spec: JobSpec, task_count: int) -> PlanNo
         online=snapshot.online,
         reliability=snapshot.reliability,
         price_micro_per_hour=price,
-        max_cost_micro=cost_micro(price, spec.max_runtime_s, task_count),
+        max_cost_micro=cost_micro(price, spec.max_runtime_s, runs),
     )
 
 
@@ -137,13 +153,35 @@ def _explain(spec: JobSpec, plan: Plan, cheapest_refused_micro: int | None) -> l
     else:
         why = reasons if plan.nodes_considered else "no nodes are registered"
         lines.append(f"No online node can run this job now; it will wait in the queue: {why}.")
+    lines.append(_verification_line(spec, plan))
     tasks = f"{plan.task_count} task{'s' if plan.task_count != 1 else ''}"
+    runs = spec.verify.runs_per_task()
+    times = f" x {runs} runs" if runs > 1 else ""
     lines.append(
         f"Worst case at the job's price limit: {format_credits(plan.max_cost_micro)} "
-        f"({tasks} x up to {_format_duration(spec.max_runtime_s)} x "
+        f"({tasks}{times} x up to {_format_duration(spec.max_runtime_s)} x "
         f"{format_credits(spec.max_price_micro_per_hour)}/hour), held in escrow until settled."
     )
     return lines
+
+
+def _verification_line(spec: JobSpec, plan: Plan) -> str:
+    verify = spec.verify
+    if not verify.replicated:
+        return "Verification: none; each result is paid on its provider's word."
+    compared = (
+        f"numerically (rtol {verify.rtol:g}, atol {verify.atol:g})"
+        if verify.compare == "numeric"
+        else "by SHA-256"
+    )
+    return (
+        f"Verification: each task runs on {verify.replicas} distinct nodes picked at random and "
+        f"a quorum of {verify.quorum} must agree, outputs compared {compared} (up to "
+        f"{verify.runs_per_task()} runs while they disagree). That adds "
+        f"{plan.verification_extra_node_hours:.3g} node-hours at most and "
+        f"{format_credits(plan.verification_extra_micro)} at the cheapest fitting price when "
+        "they agree; a result that disagrees with the quorum is not paid."
+    )
 
 
 def _reasons(excluded: Mapping[str, int], cheapest_refused_micro: int | None) -> str:

@@ -141,6 +141,7 @@ class NodeAgent:
             config=self._config,
             session=self._session,
             runner=self._runner,
+            inventory=self._inventory,
             gpu_indices=free_gpus[:wanted],
         )
         with self._lock:

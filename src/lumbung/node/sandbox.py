@@ -93,6 +93,9 @@ def scrubbed_env(extra: Mapping[str, str], workdir: Path, *, cpus: int = 1) -> d
         "TMPDIR": str(workdir / "tmp"),
         "LANG": "C.UTF-8",
         "PYTHONUNBUFFERED": "1",
+        # A fixed hash seed, so that replicas of a task iterate sets in the same order
+        # (lumbung.node.execution reports it in the result's execution class).
+        "PYTHONHASHSEED": "0",
         "OMP_NUM_THREADS": threads,
         "OPENBLAS_NUM_THREADS": threads,
         "MKL_NUM_THREADS": threads,

@@ -18,16 +18,19 @@ from lumbung.client import NodeSession
 from lumbung.errors import Conflict, Forbidden, LumbungError, NotFound, Unavailable
 from lumbung.node import workfiles
 from lumbung.node.checkpoints import pack_dir
+from lumbung.node.execution import execution_class
 from lumbung.node.retry import call_hub
 from lumbung.node.workdir import Restored, WorkDir
 from lumbung.wire.api import (
     Assignment,
     CheckpointReport,
+    Inventory,
     LogChunk,
     ResumeFailed,
     TaskComplete,
     TaskRelease,
 )
+from lumbung.wire.commitment import commitment_body
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +58,10 @@ class TaskReports:
         runtime_s: Callable[[], float],
         *,
         patience_s: float,
+        inventory: Inventory,
     ) -> None:
         self.assignment = assignment
+        self._inventory = inventory
         self.last_checkpoint = assignment.resume_from
         self._session = session
         self._files = files
@@ -145,12 +150,25 @@ class TaskReports:
         self._hub(lambda: self._session.send_logs(self.task_id, chunk))
 
     def complete(self, exit_code: int, outputs: dict[str, str], error: str | None) -> None:
+        commitment = None
+        if error is None and exit_code == 0:
+            # Signed before the hub says whether this result will be checked.
+            body = commitment_body(
+                job_id=self.assignment.job_id,
+                task_id=self.task_id,
+                attempt=self.attempt,
+                node=self._session.node_id,
+                outputs=outputs,
+                execution_class=execution_class(self.assignment, self._inventory),
+            )
+            commitment = self._session.commit(body)
         result = TaskComplete(
             attempt=self.attempt,
             exit_code=exit_code,
             outputs=outputs,
             runtime_s=self._runtime_s(),
             error=error,
+            commitment=commitment,
         )
         self._hub(lambda: self._session.complete(self.task_id, result), patience_s=self._patience_s)
         log.info("task %s attempt %d: %s", self.task_id, self.attempt, error or "done")

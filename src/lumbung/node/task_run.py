@@ -24,7 +24,7 @@ from lumbung.node.task_spec import Dataset, disk_budget_bytes, sandbox_spec
 from lumbung.node.train_courier import Courier
 from lumbung.node.workdir import WorkDir
 from lumbung.wire import task_env
-from lumbung.wire.api import Assignment
+from lumbung.wire.api import Assignment, Inventory
 from lumbung.wire.train import TrainSpec
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class TaskRun:
         config: NodeConfig,
         session: NodeSession,
         runner: Runner,
+        inventory: Inventory,
         gpu_indices: Sequence[int] = (),
     ) -> None:
         self.assignment = assignment
@@ -66,7 +67,12 @@ class TaskRun:
         self._done = threading.Event()
         self._started_at = time.monotonic()
         self.reports = TaskReports(
-            assignment, session, self.files, self._runtime_s, patience_s=config.hub_patience_s
+            assignment,
+            session,
+            self.files,
+            self._runtime_s,
+            patience_s=config.hub_patience_s,
+            inventory=inventory,
         )
         self._thread = threading.Thread(
             target=self._run, name=f"task-{assignment.task_id}", daemon=True

@@ -12,7 +12,7 @@ import bisect
 import dataclasses
 import itertools
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Sequence, Set
 from typing import TypeVar
 
 from lumbung.errors import Conflict, NotFound, StaleWrite
@@ -147,8 +147,9 @@ class MemoryStore:
     def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
         with self._lock:
             ids = [x.id for x in tasks]
+            copies = {(x.index, x.replica) for x in tasks}  # the job is new: none stored yet
             taken = job.id in self._jobs or any(i in self._tasks for i in ids)
-            if taken or len(set(ids)) != len(ids):
+            if taken or len(set(ids)) != len(ids) or len(copies) != len(ids):
                 raise Conflict(f"job {job.id} or one of its tasks already exists")
             self._jobs[job.id] = _copy_job(job)
             for task in tasks:
@@ -201,7 +202,12 @@ class MemoryStore:
             return _copy_task(self._tasks[task_id])
 
     def list_tasks(self, job_id: str) -> list[Task]:
-        return self._select_tasks(lambda x: x.job_id == job_id, key=lambda x: (x.index, x.id))
+        return self._select_tasks(lambda x: x.job_id == job_id, key=lambda x: (x.index, x.replica))
+
+    def list_replicas(self, job_id: str, index: int) -> list[Task]:
+        return self._select_tasks(
+            lambda x: x.job_id == job_id and x.index == index, key=lambda x: (x.replica,)
+        )
 
     def task_state_counts(self, job_id: str, excluding: Sequence[str] = ()) -> dict[TaskState, int]:
         skip = set(excluding)
@@ -223,7 +229,8 @@ class MemoryStore:
 
     def queued_tasks(self, limit: int, offset: int = 0) -> list[Task]:
         queued = self._select_tasks(
-            lambda x: x.state == TaskState.QUEUED, key=lambda x: (x.queued_at, x.job_id, x.index)
+            lambda x: x.state == TaskState.QUEUED,
+            key=lambda x: (x.queued_at, x.job_id, x.index, x.replica),
         )
         return queued[offset : offset + limit]
 
@@ -261,10 +268,15 @@ class MemoryStore:
             # Check and stage everything first: nothing is written unless all of it fits.
             jobs = _stage_versioned(self._jobs, changes.jobs, "job", _copy_job)
             tasks = _stage_versioned(self._tasks, changes.tasks, "task", _copy_task)
+            new_tasks = self._stage_new_tasks(changes.new_tasks)
+            # Links, work and updates may name a new task; the union copies every id, so only then.
+            known: Set[str] = (
+                self._tasks.keys() | new_tasks.keys() if new_tasks else self._tasks.keys()
+            )
             links: dict[tuple[str, int], CheckpointLink] = {}
             for link in changes.checkpoints:
                 key = (link.task_id, link.seq)
-                if key in self._checkpoints or key in links or link.task_id not in self._tasks:
+                if key in self._checkpoints or key in links or link.task_id not in known:
                     keys = ", ".join(f"({c.task_id}, seq {c.seq})" for c in changes.checkpoints)
                     raise Conflict(f"checkpoint link taken or its task unknown: {keys}")
                 links[key] = link
@@ -274,14 +286,15 @@ class MemoryStore:
                 if stored is None:
                     raise NotFound(f"no checkpoint link {link.seq} of task {link.task_id}")
                 links[key] = dataclasses.replace(stored, rejected=link.rejected)
-            if any(w.task_id not in self._tasks for w in changes.work):
+            if any(w.task_id not in known for w in changes.work):
                 raise Conflict("work record names an unknown task")
             rounds = self._stage_rounds(changes)
-            updates = self._stage_updates(changes.updates)
+            updates = self._stage_updates(changes.updates, known)
             self._jobs.update(jobs)
             self._rounds.update(rounds)
             self._updates.update(updates)
             self._tasks.update(tasks)
+            self._tasks.update(new_tasks)
             self._checkpoints.update(links)
             for record in changes.work:
                 self._work[(record.task_id, record.attempt)] = dataclasses.replace(record)
@@ -291,6 +304,21 @@ class MemoryStore:
             task.version += 1
         for changed in changes.rounds:
             changed.version += 1
+
+    def _stage_new_tasks(self, records: list[Task]) -> dict[str, Task]:
+        """Copies of ``records`` to insert, or ``Conflict`` if an id or a (job_id, index,
+        replica) is taken, or a job is not stored."""
+        if not records:
+            return {}
+        ids = {x.id for x in records}
+        copies = {(x.job_id, x.index, x.replica) for x in records}
+        stored = {(x.job_id, x.index, x.replica) for x in self._tasks.values()}
+        taken = ids & self._tasks.keys() or copies & stored
+        unknown_job = any(x.job_id not in self._jobs for x in records)
+        if taken or unknown_job or len(ids) != len(records) or len(copies) != len(records):
+            keys = ", ".join(f"job {x.job_id} index {x.index} replica {x.replica}" for x in records)
+            raise Conflict(f"task taken or its job unknown: {keys}")
+        return {x.id: _copy_task(x) for x in records}
 
     def _stage_rounds(self, changes: Changes) -> dict[tuple[str, int], Round]:
         staged: dict[tuple[str, int], Round] = {}
@@ -315,7 +343,9 @@ class MemoryStore:
             staged[key] = _copy_round(record)
         return staged
 
-    def _stage_updates(self, updates: list[RoundUpdate]) -> dict[tuple[str, int, str], RoundUpdate]:
+    def _stage_updates(
+        self, updates: list[RoundUpdate], known: Set[str]
+    ) -> dict[tuple[str, int, str], RoundUpdate]:
         staged: dict[tuple[str, int, str], RoundUpdate] = {}
         for update in updates:
             key = (update.job_id, update.round_index, update.task_id)
@@ -324,7 +354,7 @@ class MemoryStore:
                     f"task {update.task_id} already sent its update to round {update.round_index}",
                     field="round",
                 )
-            if update.task_id not in self._tasks:
+            if update.task_id not in known:
                 raise Conflict(f"update names an unknown task {update.task_id}")
             staged[key] = update
         return staged

@@ -54,15 +54,17 @@ class UnreadableJob(Conflict):
 class Changes:
     """One unit of work, applied all or nothing by ``Store.apply``.
 
-    Jobs, tasks and rounds are updates checked against their ``version``; checkpoint links, new
-    rounds and round updates are inserts (``Conflict`` if the key is taken); work records are
-    upserts keyed by (task_id, attempt). ``rejected_checkpoints`` are stored links, by (task_id,
-    seq), whose ``rejected`` reason is set (``NotFound`` if one is not stored); nothing else of a
-    stored link ever changes.
+    Jobs, tasks and rounds are updates checked against their ``version``; new tasks (tasks added
+    to a job already stored, such as one more replica), checkpoint links, new rounds and round
+    updates are inserts (``Conflict`` if the key is taken: for a new task its id or its (job_id,
+    index, replica), or if its job is not stored); work records are upserts keyed by (task_id,
+    attempt). ``rejected_checkpoints`` are stored links, by (task_id, seq), whose ``rejected``
+    reason is set (``NotFound`` if one is not stored); nothing else of a stored link ever changes.
     """
 
     jobs: list[Job] = field(default_factory=list)
     tasks: list[Task] = field(default_factory=list)
+    new_tasks: list[Task] = field(default_factory=list)
     checkpoints: list[CheckpointLink] = field(default_factory=list)
     rejected_checkpoints: list[CheckpointLink] = field(default_factory=list)
     work: list[Work] = field(default_factory=list)
@@ -122,7 +124,10 @@ class Store(Protocol):
     def get_task(self, task_id: str) -> Task: ...
 
     def list_tasks(self, job_id: str) -> list[Task]:
-        """The job's tasks by index."""
+        """The job's tasks by index, then replica."""
+
+    def list_replicas(self, job_id: str, index: int) -> list[Task]:
+        """Every copy of the job's task ``index`` (none if there is no such task), by replica."""
 
     def task_state_counts(self, job_id: str, excluding: Sequence[str] = ()) -> dict[TaskState, int]:
         """How many of the job's tasks are in each state, leaving out the task ids ``excluding``."""
@@ -131,7 +136,7 @@ class Store(Protocol):
         """Per job of ``owner`` that has tasks, how many are in each state (one read)."""
 
     def queued_tasks(self, limit: int, offset: int = 0) -> list[Task]:
-        """Queued tasks, oldest ``queued_at`` first, then by job and index."""
+        """Queued tasks, oldest ``queued_at`` first, then by job, index and replica."""
 
     def running_tasks(self, node_id: str | None = None) -> list[Task]:
         """Tasks holding a lease, all or one node's."""
@@ -142,9 +147,10 @@ class Store(Protocol):
     def apply(self, changes: Changes) -> None:
         """Write all of ``changes`` in one transaction, or nothing.
 
-        ``Conflict`` if any job or task was updated since it was read (its version moved on), or a
-        checkpoint link's (task_id, seq) is taken. On success every job and task passed in has its
-        ``version`` bumped to the stored one.
+        ``StaleWrite`` (a ``Conflict``) if any job or task was updated since it was read (its
+        version moved on); ``Conflict`` if an insert's key is taken (see ``Changes``). On success
+        every job and task updated has its ``version`` bumped to the stored one; new tasks are
+        stored with the version they carry.
         """
 
     # --- checkpoints, work, logs ----------------------------------------------------------------

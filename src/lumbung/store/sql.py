@@ -95,9 +95,15 @@ _OWNER_COUNTS = (
 _QUEUED = (
     select(_T)
     .where(_T.c.state == TaskState.QUEUED.value)
-    .order_by(_T.c.queued_at, _T.c.job_id, _T.c.index)
+    .order_by(_T.c.queued_at, _T.c.job_id, _T.c.index, _T.c.replica)
     .limit(bindparam("limit"))
     .offset(bindparam("offset"))
+)
+# On the unique (job_id, index, replica) index, which also returns them in replica order.
+_REPLICAS = (
+    select(_T)
+    .where(_T.c.job_id == bindparam("job_id"), _T.c.index == bindparam("index"))
+    .order_by(_T.c.replica)
 )
 _RUNNING = select(_T).where(_T.c.state == TaskState.RUNNING.value).order_by(_T.c.id)
 _RUNNING_ON = _RUNNING.where(_T.c.node_id == bindparam("node_id"))
@@ -331,8 +337,14 @@ class SqlStore:
 
     def list_tasks(self, job_id: str) -> list[Task]:
         tasks = t.tasks
-        stmt = select(tasks).where(tasks.c.job_id == job_id).order_by(tasks.c.index)
+        stmt = (
+            select(tasks).where(tasks.c.job_id == job_id).order_by(tasks.c.index, tasks.c.replica)
+        )
         return [t.task_from_row(r) for r in self._rows(stmt)]
+
+    def list_replicas(self, job_id: str, index: int) -> list[Task]:
+        rows = self._rows(_REPLICAS, {"job_id": job_id, "index": index})
+        return [t.task_from_row(r) for r in rows]
 
     def task_state_counts(self, job_id: str, excluding: Sequence[str] = ()) -> dict[TaskState, int]:
         stmt = _STATE_COUNTS
@@ -368,6 +380,8 @@ class SqlStore:
         with self._write() as conn:
             _update_versioned(conn, t.jobs, "job", [t.job_row(j) for j in changes.jobs])
             _update_versioned(conn, t.tasks, "task", [t.task_row(x) for x in changes.tasks])
+            if changes.new_tasks:  # before the links and work that may name them
+                _insert_tasks(conn, changes.new_tasks)
             if changes.checkpoints:
                 self._insert_checkpoints(conn, changes.checkpoints)
             if changes.rejected_checkpoints:
@@ -562,6 +576,16 @@ def _update_versioned(
     # Many rows (a job cancelled whole): one executemany; both drivers report the summed count.
     if conn.execute(stmt, params).rowcount != len(params):
         _raise_stale(conn, table, kind, [p["b_id"] for p in params])
+
+
+def _insert_tasks(conn: Connection, tasks: list[Task]) -> None:
+    """Insert tasks into stored jobs; ``Conflict`` (rolling back) for a taken id or (job_id,
+    index, replica), or an unknown job."""
+    try:
+        conn.execute(generic_insert(t.tasks), [t.task_row(x) for x in tasks])
+    except IntegrityError as exc:
+        keys = ", ".join(f"job {x.job_id} index {x.index} replica {x.replica}" for x in tasks)
+        raise Conflict(f"task taken or its job unknown: {keys}") from exc
 
 
 def _reject_checkpoints(conn: Connection, links: list[CheckpointLink]) -> None:

@@ -129,7 +129,12 @@ tasks = Table(
     Column("error", Text, nullable=True),
     Column("last_checkpoint_sha", String(64), nullable=True),
     Column("log_bytes", BigInteger, nullable=False),
+    Column("replica", Integer, nullable=False, server_default="0"),  # copy of (job_id, index)
+    Column("verdict", String(16), nullable=True),  # the quorum's finding on this replica
+    Column("execution_class", String(64), nullable=True),  # digest the result committed to
     Column("version", Integer, nullable=False),
+    # One row per copy of a logical task; it also serves ``list_replicas``.
+    Index("ux_tasks_job_id_index_replica", "job_id", "index", "replica", unique=True),
     Index("ix_tasks_state_queued_at", "state", "queued_at"),
     Index("ix_tasks_job_id_state", "job_id", "state"),
     Index("ix_tasks_state_lease_expires_at", "state", "lease_expires_at"),

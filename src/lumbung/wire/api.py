@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.config import ExtraValues
 
+from lumbung.wire.commitment import ExecutionClass
 from lumbung.wire.fields import INT32_MAX, Inbound
 from lumbung.wire.spec import MAX_RUNTIME_S, JobSpec, Resources, Scalar
 from lumbung.wire.train import TrainSpec
@@ -300,6 +301,15 @@ class RoundView(Model):
     screened_out: list[ScreenedUpdate] = Field(default_factory=list)
 
 
+class ResultCommitmentReport(Inbound):
+    """A node's signature over what it claims (``lumbung.wire.commitment``): the hub rebuilds
+    the signed body from the task, the attempt and the report's outputs, and checks it."""
+
+    execution_class: ExecutionClass
+    public_key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]  # raw Ed25519 key, hex
+    signature: Annotated[str, Field(pattern=r"^[0-9a-f]{128}$")]  # Ed25519, hex
+
+
 class TaskComplete(Inbound):
     attempt: Attempt
     # Stored in a 32-bit column; a process's status (or minus its signal) is far inside it.
@@ -308,6 +318,8 @@ class TaskComplete(Inbound):
     runtime_s: RuntimeS
     # Why it failed, in the node's words (timeout, killed, missing output...); None on success.
     error: Annotated[str, Field(max_length=4000)] | None = None
+    # On success: the node's signed claim about its outputs. A replicated task needs one.
+    commitment: ResultCommitmentReport | None = None
 
 
 class TaskRelease(Inbound):
@@ -351,6 +363,10 @@ class Plan(Model):
     # The job's worst case at its own price limit: what the ledger issue will lock in escrow.
     max_cost_micro: int
     explanation: list[str]
+    # What verify: adds when the replicas agree: node-hours at the time limit, and credits at
+    # the cheapest fitting node's price (the job's limit when none fits).
+    verification_extra_node_hours: float = 0.0
+    verification_extra_micro: int = 0
 
 
 class CheckpointView(Model):
@@ -379,6 +395,10 @@ class TaskView(Model):
     error: str | None
     checkpoints: list[CheckpointView]
     updated_at: float
+    # verify.mode replicate: which copy of task ``index`` this is, and what the quorum found
+    # ("agreed", "wrong", "unverified"; None while undecided, and for a job not replicated).
+    replica: int = 0
+    verdict: str | None = None
 
 
 class WorkView(Model):
@@ -453,6 +473,8 @@ class TaskResult(Model):
     node_id: str | None
     exit_code: int | None
     outputs: dict[str, str]
+    replica: int = 0  # as TaskView's
+    verdict: str | None = None
 
 
 class Results(Model):

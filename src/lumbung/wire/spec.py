@@ -28,6 +28,7 @@ from lumbung.wire.fields import Strict, entry_point, refusal, sha256_hex
 from lumbung.wire.train import TrainSpec
 
 MAX_TASKS_PER_JOB = 10_000
+MAX_REPLICAS = 16  # the most runs of one task verify.max_replicas may ask for
 MAX_RUNTIME_S = 7 * 24 * 3600  # the longest max_runtime_s a job may ask for
 # The ledger's largest amount (lumbung.ledger.entries.MAX_AMOUNT_MICRO, which the wire cannot
 # import; a test holds the two equal): a job whose worst case is more could never be locked.
@@ -92,6 +93,64 @@ class InputSpec(Strict):
         return self
 
 
+class VerifySpec(Strict):
+    """How a ``run`` job's results are checked before its providers are paid.
+
+    ``none`` pays each task's provider on its word. ``replicate`` runs each task on ``replicas``
+    distinct nodes and keeps the result a ``quorum`` of them agree on; while they disagree more
+    run, up to ``max_replicas`` (default one more than ``replicas``). Only replicas that agree
+    with the kept result are paid. Outputs are compared by SHA-256, or with ``compare: numeric``
+    value by value (JSON, CSV and ``.npy``) within ``rtol`` and ``atol``.
+    """
+
+    mode: Literal["none", "replicate"] = "none"
+    replicas: Annotated[int, Field(ge=2, le=MAX_REPLICAS)] = 2
+    quorum: Annotated[int, Field(ge=2, le=MAX_REPLICAS)] = 2
+    max_replicas: Annotated[int, Field(ge=2, le=MAX_REPLICAS)] | None = None
+    compare: Literal["sha256", "numeric"] = "sha256"
+    rtol: Annotated[float, Field(ge=0, le=1)] = 1e-5
+    atol: Annotated[float, Field(ge=0)] = 1e-8
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VerifySpec:
+        # By value, not by which fields were given: the store writes every field back.
+        if self.mode == "none":
+            for name in ("replicas", "quorum", "max_replicas", "compare"):
+                if self._changed(name):
+                    raise refusal((name,), "only for mode: replicate", getattr(self, name))
+        if self.compare != "numeric":
+            for name in ("rtol", "atol"):
+                if self._changed(name):
+                    raise refusal((name,), "only for compare: numeric", getattr(self, name))
+        if self.quorum > self.replicas:
+            raise refusal(
+                ("quorum",),
+                f"cannot be more than replicas ({self.replicas}): a quorum needs that many "
+                "results that agree",
+                self.quorum,
+            )
+        if self.max_replicas is not None and self.max_replicas < self.replicas:
+            raise refusal(
+                ("max_replicas",),
+                f"must be at least replicas ({self.replicas})",
+                self.max_replicas,
+            )
+        return self
+
+    def _changed(self, name: str) -> bool:
+        return bool(getattr(self, name) != type(self).model_fields[name].default)
+
+    @property
+    def replicated(self) -> bool:
+        return self.mode == "replicate"
+
+    def runs_per_task(self) -> int:
+        """The most runs one task may take to verify: what its escrow must cover."""
+        if not self.replicated:
+            return 1
+        return self.max_replicas or min(self.replicas + 1, MAX_REPLICAS)
+
+
 class JobSpec(Strict):
     """A job: ``run`` (a command or a Python entry point, fanned out into tasks) or ``train`` (one
     model trained across ``train.workers.wanted`` workers, one task each)."""
@@ -118,6 +177,7 @@ class JobSpec(Strict):
     grid: dict[str, list[Scalar]] = Field(default_factory=dict)
     network: bool = False
     env: dict[str, str] = Field(default_factory=dict)
+    verify: VerifySpec = Field(default_factory=VerifySpec)
 
     @field_validator("command")
     @classmethod
@@ -195,6 +255,14 @@ class JobSpec(Strict):
             raise ValueError("input names must be unique")
         if self.task_count() > MAX_TASKS_PER_JOB:
             raise ValueError(f"count x grid gives more than {MAX_TASKS_PER_JOB} tasks")
+        runs = self.task_count() * self.verify.runs_per_task()
+        if runs > MAX_TASKS_PER_JOB:
+            raise refusal(
+                ("verify", "max_replicas"),
+                f"{self.task_count()} task(s) x {self.verify.runs_per_task()} runs each is more "
+                f"than {MAX_TASKS_PER_JOB} runs",
+                self.verify.max_replicas,
+            )
         self._check_lockable()
         return self
 
@@ -203,11 +271,12 @@ class JobSpec(Strict):
         per task (as ``lumbung.market.plan.escrow_micro`` counts it); the ledger cannot hold an
         amount beyond ``MAX_ESCROW_MICRO``."""
         per_task = -(-self.max_price_micro_per_hour * self.max_runtime_s // _SECONDS_PER_HOUR)
-        worst = self.task_count() * per_task
+        runs = self.task_count() * self.verify.runs_per_task()
+        worst = runs * per_task
         if worst > MAX_ESCROW_MICRO:
             raise refusal(
                 ("max_price_micro_per_hour",),
-                f"the job's worst case, {self.task_count()} task(s) x {self.max_runtime_s} s at "
+                f"the job's worst case, {runs} run(s) x {self.max_runtime_s} s at "
                 f"{self.max_price_micro_per_hour} micro-credits/hour = {worst}, is more than "
                 f"the ledger can lock ({MAX_ESCROW_MICRO}): lower the price, the time limit or "
                 "the task count",
@@ -221,6 +290,13 @@ class JobSpec(Strict):
             raise ValueError("a train job runs the built-in worker: no command or entrypoint")
         if self.grid or self.count != 1:
             raise ValueError("a train job has one task per worker (train.workers.wanted)")
+        if self.verify.mode != "none":
+            raise refusal(
+                ("verify", "mode"),
+                "a train job's updates are screened in each round, not replicated: leave "
+                "verify out",
+                self.verify.mode,
+            )
 
     def task_count(self) -> int:
         if self.train is not None:

@@ -25,6 +25,7 @@ from lumbung.ledger.entries import (
     Mint,
     Refund,
     Release,
+    ResultCommitment,
     SignedEntry,
     Slash,
     Stake,
@@ -62,6 +63,7 @@ def one_of_each_kind(author: str) -> list[Entry]:
         Unstake(**header, amount=5),
         Slash(**header, node=to, amount=5, reason="wrong result in replay"),
         Grant(**header, body={"dataset": "d1", "to": [to], "ε": 1}),
+        ResultCommitment(**header, body={"v": 1, "task_id": "task_x", "outputs": {}}),
     ]
 
 
@@ -71,7 +73,6 @@ def test_every_kind_has_an_entry_class() -> None:
     assert kinds | {
         EntryKind.DATASET_REGISTRATION,
         EntryKind.REVOCATION,
-        EntryKind.RESULT_COMMITMENT,
     } == set(EntryKind)
 
 

@@ -140,3 +140,13 @@ def test_validation_says_when_there_is_no_grid() -> None:
 
 def test_entrypoint_specs_have_no_command_to_validate() -> None:
     validate_command_placeholders(spec(command=None, entrypoint="pkg.mod:main", grid={"a": [1]}))
+
+
+def test_a_replicated_job_has_its_replicas_of_each_task_sharing_its_index() -> None:
+    spec = job(grid={"x": [1, 2]}, verify={"mode": "replicate", "replicas": 3})
+    tasks = tasks_for("job_x", spec, 0.0)
+    assert [(t.index, t.replica, t.params) for t in tasks] == [
+        (0, 0, {"x": 1}), (0, 1, {"x": 1}), (0, 2, {"x": 1}),
+        (1, 0, {"x": 2}), (1, 1, {"x": 2}), (1, 2, {"x": 2}),
+    ]  # fmt: skip
+    assert len({t.id for t in tasks}) == 6

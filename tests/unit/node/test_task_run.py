@@ -6,6 +6,7 @@ import hashlib
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
@@ -13,6 +14,7 @@ import pytest
 
 from lumbung.client import NodeSession
 from lumbung.config import NodeConfig
+from lumbung.crypto.keys import Identity
 from lumbung.errors import Conflict, NotFound, Unavailable
 from lumbung.node.checkpoints import pack_dir
 from lumbung.node.logs import TRUNCATION_LINE
@@ -21,15 +23,20 @@ from lumbung.node.task_run import TaskRun
 from lumbung.wire.api import (
     Assignment,
     CheckpointReport,
+    Inventory,
     LogChunk,
+    ResultCommitmentReport,
     ResumeFailed,
     TaskComplete,
     TaskRelease,
 )
+from lumbung.wire.commitment import ExecutionClass, signed_bytes
 from lumbung.wire.spec import Resources
 
 RUNNER: Any = ProcessRunner(probe_isolation())
 MIB = 1024 * 1024
+IDENTITY = Identity.generate()
+INVENTORY = Inventory(cpus=2, memory_mib=4096, disk_free_mib=10_000)
 
 
 @pytest.fixture(autouse=True, params=["process", "sandbox"])
@@ -54,6 +61,17 @@ class FakeSession:
         self.outage: dict[str, int] = {}
         self.refuse_checkpoints = False
         self.checkpoint_seen = threading.Event()
+        self.commitments: list[dict[str, Any]] = []
+
+    node_id = "act_faketasknode"
+
+    def commit(self, body: Mapping[str, Any]) -> ResultCommitmentReport:
+        self.commitments.append(dict(body))
+        return ResultCommitmentReport(
+            execution_class=ExecutionClass.model_validate(body["execution_class"]),
+            public_key=IDENTITY.public_key_raw.hex(),
+            signature=IDENTITY.sign(signed_bytes(body)).hex(),
+        )
 
     def put(self, data: bytes) -> str:
         sha = hashlib.sha256(data).hexdigest()
@@ -126,6 +144,7 @@ def _start(tmp_path: Path, session: FakeSession, assignment: Assignment, **confi
         config=NodeConfig(data_dir=tmp_path, **config),
         session=cast(NodeSession, session),
         runner=RUNNER,
+        inventory=INVENTORY,
     )
     run.start()
     return run
@@ -151,6 +170,26 @@ def test_command_task_reports_its_output_and_logs(tmp_path: Path) -> None:
     assert session.text("stdout") == "hello\n"
     assert session.text("stderr") == "oops\n"
     assert not run.workdir.exists()
+    # The node signed what it claims: these outputs, this attempt, where it ran.
+    assert done.commitment is not None
+    [body] = session.commitments
+    assert body["outputs"] == done.outputs
+    assert (body["task_id"], body["attempt"], body["node"]) == (
+        a.task_id,
+        a.attempt,
+        "act_faketasknode",
+    )
+    assert body["execution_class"]["device"] == "cpu"
+    assert body["execution_class"]["deterministic"] is True
+
+
+def test_a_failed_task_commits_to_nothing(tmp_path: Path) -> None:
+    session = FakeSession()
+    _run(tmp_path, session, _assignment(command=["sh", "-c", "exit 3"]))
+    [done] = session.completed
+    assert done.exit_code == 3
+    assert done.commitment is None
+    assert session.commitments == []
 
 
 def test_entrypoint_is_called_with_params_from_an_input_module(tmp_path: Path) -> None:

@@ -130,3 +130,50 @@ def test_train_and_run_fields_do_not_mix() -> None:
         validate_spec({**_train(), "kind": "run", "command": ["true"]})
     with pytest.raises(Rejected, match="exactly one of rounds and token_budget"):
         validate_spec(_train(token_budget=1000))
+
+
+@pytest.mark.parametrize(
+    ("verify", "field"),
+    [
+        ({"mode": "replicate", "replicas": 1}, "verify.replicas"),
+        ({"mode": "replicate", "replicas": 17}, "verify.replicas"),
+        ({"mode": "replicate", "quorum": 3}, "verify.quorum"),
+        ({"mode": "replicate", "replicas": 4, "max_replicas": 3}, "verify.max_replicas"),
+        ({"replicas": 3}, "verify.replicas"),
+        ({"mode": "none", "compare": "numeric"}, "verify.compare"),
+        ({"mode": "replicate", "atol": 0.5}, "verify.atol"),
+        ({"mode": "replicate", "compare": "numeric", "rtol": -1}, "verify.rtol"),
+        ({"mode": "replicate", "compare": "numeric", "atol": float("nan")}, "verify.atol"),
+        ({"mode": "replicate", "compare": "md5"}, "verify.compare"),
+        ({"mode": "replicate", "quota": 2}, "verify.quota"),
+    ],
+)
+def test_a_verify_section_that_does_not_hold_is_refused_by_name(
+    verify: dict[str, object], field: str
+) -> None:
+    data = {"name": "j", "command": ["true"], "max_price_micro_per_hour": 10, "verify": verify}
+    with pytest.raises(Rejected) as caught:
+        validate_spec(data)
+    assert caught.value.field == field, caught.value.message
+
+
+def test_replication_counts_every_run_against_the_task_limit() -> None:
+    spec = {
+        "name": "j",
+        "command": ["true"],
+        "max_price_micro_per_hour": 1,
+        "count": 5_000,
+        "verify": {"mode": "replicate"},
+    }
+    with pytest.raises(Rejected) as caught:
+        validate_spec(spec)  # 5,000 tasks x 3 runs each
+    assert caught.value.field == "verify.max_replicas"
+    ok = validate_spec({**spec, "verify": {"mode": "replicate", "max_replicas": 2}})
+    assert ok.verify.runs_per_task() == 2
+
+
+def test_a_train_job_is_screened_not_replicated() -> None:
+    with pytest.raises(Rejected) as caught:
+        validate_spec(train_job(verify={"mode": "replicate"}))
+    assert caught.value.field == "verify.mode"
+    assert validate_spec(train_job(verify={"mode": "none"})).verify.mode == "none"

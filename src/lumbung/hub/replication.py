@@ -1,0 +1,213 @@
+"""Replicated ``run`` tasks (``verify.mode: replicate``): the verdict on a task's replicas.
+
+Each replica is a task row of its own (same job and index, its own ``replica`` number), leased
+only to a node that holds no other replica of that task (``lumbung.hub.leases``). After every
+commit that finishes a replica, ``judge`` reads the task's replicas as committed and decides with
+``lumbung.verify.quorum``:
+
+- a quorum agrees: each finished replica's verdict is ``agreed`` or ``wrong``, and every replica
+  that finishes later is compared with the kept (canonical) result, so a verdict once paid never
+  changes;
+- not yet: more replicas are added, up to ``verify.max_replicas``, until enough run to reach one;
+- never (the bound is reached without a quorum): the finished replicas are ``unverified``, the
+  rest are cancelled and the job fails saying so. Nobody is blamed for a tie.
+
+Settlement pays a replicated job's work only on replicas whose verdict is ``agreed``
+(``lumbung.hub.escrow``), so a wrong result, and one that cannot be verified, earns nothing; what
+the escrow held for it goes back to the consumer. Like ``recount_job``, ``judge`` runs after the
+commit rather than inside it: two replicas finishing at once each see the other still running,
+and the later commit's judgement sees both. A job is not counted as succeeded while a finished
+replica still waits for its verdict.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+
+from lumbung.errors import Conflict, StaleWrite
+from lumbung.hub.context import HubContext
+from lumbung.market.fanout import replica_task
+from lumbung.market.model import Job, JobState, Task, TaskState
+from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, next_task_state
+from lumbung.store.protocol import Changes
+from lumbung.verify import quorum
+from lumbung.verify.compare import Comparator, Tolerance
+from lumbung.wire.spec import VerifySpec
+
+log = logging.getLogger("lumbung.hub.replication")
+
+AGREED = "agreed"
+WRONG = "wrong"
+UNVERIFIED = "unverified"
+# Verdicts a replica keeps for good; only the first is paid.
+DECIDED = frozenset({AGREED, WRONG, UNVERIFIED})
+# The numeric comparator parses whole outputs: larger ones are compared by hash only.
+NUMERIC_MAX_BYTES = 64 * 1024 * 1024
+_JUDGE_RACES = 16
+
+_Agree = Callable[[Task, Task], bool]
+
+
+def judge(ctx: HubContext, job_id: str, index: int) -> None:
+    """Bring the verdicts of task ``index``'s replicas up to date with what has finished."""
+    for _ in range(_JUDGE_RACES):
+        job = ctx.store.get_job(job_id)
+        if job.state in TERMINAL_JOB_STATES or not job.spec.verify.replicated:
+            return
+        changes = _judgement(ctx, job, ctx.store.list_replicas(job_id, index))
+        if changes is None:
+            return
+        try:
+            ctx.store.apply(changes)
+        except (StaleWrite, Conflict):
+            continue  # a replica moved, or another judge added the same replica: look again
+        if changes.new_tasks:
+            ctx.work.notify()
+        return
+    log.warning("job %s task %d: judging lost every race; reconcile judges it again", job_id, index)
+
+
+def judge_waiting(ctx: HubContext, job: Job) -> None:
+    """Judge every task of ``job`` with a finished replica still waiting for its verdict: what a
+    hub that stopped between a replica's commit and its judgement left undone."""
+    if job.state in TERMINAL_JOB_STATES or not job.spec.verify.replicated:
+        return
+    waiting = {t.index for t in ctx.store.list_tasks(job.id) if _awaits_verdict(t)}
+    for index in sorted(waiting):
+        judge(ctx, job.id, index)
+
+
+def _awaits_verdict(task: Task) -> bool:
+    return task.state is TaskState.SUCCEEDED and task.verdict is None
+
+
+def _judgement(ctx: HubContext, job: Job, replicas: list[Task]) -> Changes | None:
+    """What to write for these replicas now; None when nothing changes."""
+    verify = job.spec.verify
+    finished = sorted(
+        (t for t in replicas if t.state is TaskState.SUCCEEDED), key=lambda t: (t.updated_at, t.id)
+    )
+    compare = _agreement(ctx, verify)
+    canonical = next((t for t in finished if t.verdict == AGREED), None)
+    if canonical is not None:
+        fresh = [t for t in finished if t.verdict is None]
+        for task in fresh:
+            across = functools.partial(_across, compare, canonical, task)
+            same = quorum.agree(_replica(canonical), _replica(task), across)
+            task.verdict = AGREED if same else WRONG
+        return Changes(tasks=fresh) if fresh else None
+    counted, repeats = _one_per_node(finished)
+    verdict = quorum.decide(
+        [_replica(t) for t in counted],
+        quorum=verify.quorum,
+        max_replicas=verify.runs_per_task(),
+        across_classes=lambda a, b: compare(_by_node(counted, a), _by_node(counted, b)),
+    )
+    for task in repeats:
+        task.verdict = UNVERIFIED  # a second result from one node proves nothing
+    if verdict.state == "agreed":
+        for task in counted:
+            task.verdict = AGREED if task.node_id in verdict.agreeing else WRONG
+        return Changes(tasks=counted + repeats)
+    if verdict.state == "pending":
+        return _more_replicas(job, replicas, verdict.more_needed, repeats)
+    return _unverifiable(ctx, job, replicas, counted + repeats)
+
+
+def _more_replicas(
+    job: Job, replicas: list[Task], needed: int, repeats: list[Task]
+) -> Changes | None:
+    outstanding = sum(1 for t in replicas if t.state in (TaskState.QUEUED, TaskState.RUNNING))
+    room = job.spec.verify.runs_per_task() - len(replicas)
+    adding = min(needed - outstanding, room)
+    if adding <= 0:
+        return Changes(tasks=repeats) if repeats else None
+    first = replicas[0]
+    next_replica = max(t.replica for t in replicas) + 1
+    now = max(t.updated_at for t in replicas)
+    new = [
+        replica_task(job.id, first.index, first.params, next_replica + i, now)
+        for i in range(adding)
+    ]
+    return Changes(tasks=repeats, new_tasks=new)
+
+
+def _unverifiable(ctx: HubContext, job: Job, replicas: list[Task], finished: list[Task]) -> Changes:
+    now = ctx.clock()
+    for task in finished:
+        task.verdict = UNVERIFIED
+    cancelled = []
+    for task in replicas:
+        if task.state in (TaskState.QUEUED, TaskState.RUNNING):
+            task.state = next_task_state(task.state, TaskEvent.CANCEL)
+            task.lease_expires_at = None
+            task.updated_at = now
+            cancelled.append(task)
+    verify = job.spec.verify
+    job.state = JobState.FAILED
+    job.error = (
+        f"task {replicas[0].index} could not be verified: {len(finished)} replicas ran on "
+        f"distinct nodes and no {verify.quorum} of them agree (verify.max_replicas is "
+        f"{verify.runs_per_task()}); none of them is paid"
+    )
+    job.updated_at = now
+    job.waiting_reason = None
+    return Changes(jobs=[job], tasks=finished + cancelled)
+
+
+def _one_per_node(finished: list[Task]) -> tuple[list[Task], list[Task]]:
+    """The first finished replica of each node, and the rest (a node that got two replicas of
+    one task through two hubs at once)."""
+    seen: set[str | None] = set()
+    counted: list[Task] = []
+    repeats: list[Task] = []
+    for task in finished:
+        (repeats if task.node_id in seen else counted).append(task)
+        seen.add(task.node_id)
+    return counted, repeats
+
+
+def _across(compare: _Agree, a: Task, b: Task, *_: quorum.Replica) -> bool:
+    return compare(a, b)
+
+
+def _replica(task: Task) -> quorum.Replica:
+    # Every replicated result comes with its committed execution class (lumbung.hub.commitments).
+    return quorum.Replica(
+        node_id=task.node_id or "", execution_class=task.execution_class or "", outputs=task.outputs
+    )
+
+
+def _by_node(tasks: list[Task], replica: quorum.Replica) -> Task:
+    return next(t for t in tasks if t.node_id == replica.node_id)
+
+
+def _agreement(ctx: HubContext, verify: VerifySpec) -> _Agree:
+    comparator = Comparator(verify.compare, Tolerance(rtol=verify.rtol, atol=verify.atol))
+
+    def agree(a: Task, b: Task) -> bool:
+        """Outputs of two replicas from different execution classes: the job's comparator."""
+        if a.outputs.keys() != b.outputs.keys():
+            return False
+        if a.outputs == b.outputs:
+            return True
+        if verify.compare != "numeric":
+            return False
+        return all(
+            _numbers_agree(ctx, comparator, name, a.outputs[name], b.outputs[name])
+            for name in sorted(a.outputs)
+            if a.outputs[name] != b.outputs[name]
+        )
+
+    return agree
+
+
+def _numbers_agree(
+    ctx: HubContext, comparator: Comparator, name: str, one: str, other: str
+) -> bool:
+    if max(ctx.blobs.size(one), ctx.blobs.size(other)) > NUMERIC_MAX_BYTES:
+        return False  # too large to parse here: outputs whose hashes differ disagree
+    with ctx.blobs.open(one) as a, ctx.blobs.open(other) as b:
+        return comparator.agree(name, a.read(), b.read())
