@@ -1,4 +1,4 @@
-"""Replicated run tasks (``verify.mode: replicate``), in-process on every store.
+"""Replicated run tasks (``verify.mode: replicate`` and ``adaptive``), in-process on every store.
 
 A cheating node returns a made-up output; the honest ones agree. The quorum keeps the honest
 result, the cheat's replica is proven wrong and earns nothing, and only agreeing replicas are
@@ -7,6 +7,7 @@ paid. One second of work earns 10,000 micro-credits; the hub keeps 5%.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from pathlib import Path
@@ -19,10 +20,11 @@ from hubkit import Actor, Hub, claim, make_hub, run_for
 from lumbung.crypto.keys import verify_signature
 from lumbung.hub import escrow, replication
 from lumbung.ids import actor_id
-from lumbung.ledger.entries import SignedEntry, decode_leaf
+from lumbung.ledger.entries import SignedEntry, Slash, Stake, decode_leaf, leaf_bytes, sign_entry
 from lumbung.market.model import JobState
 from lumbung.market.plan import escrow_micro
 from lumbung.store.protocol import Changes, Store
+from lumbung.verify.stake import SLASH_MULTIPLE
 from lumbung.wire.commitment import ExecutionClass, commitment_body, signed_bytes
 from lumbung.wire.spec import validate_spec
 
@@ -117,6 +119,21 @@ def log_entries(hub: Hub) -> list[SignedEntry]:
     return [decode_leaf(leaf) for leaf in log.store.leaves(0, log.size)]
 
 
+def stake(hub: Hub, node: Actor, amount: int) -> None:
+    """The node stakes ``amount`` (minted for it first), through the API as a provider does."""
+    assert hub.ctx.log is not None
+    hub.ctx.log.mint(node.id, amount)
+    seq = hub.ctx.log.account(node.id)[2] + 1
+    entry = Stake(author=node.id, seq=seq, at=int(hub.clock() * 1000), amount=amount)
+    leaf = base64.b64encode(leaf_bytes(sign_entry(entry, node.identity))).decode()
+    node.call("POST", "/v1/ledger/entries", {"entries": [leaf]})
+
+
+def staked(hub: Hub, node: Actor) -> int:
+    assert hub.ctx.log is not None
+    return hub.ctx.log.account(node.id)[1]
+
+
 def balance(hub: Hub, actor: Actor) -> int:
     assert hub.ctx.log is not None
     return hub.ctx.log.account(actor.id)[0]
@@ -139,6 +156,8 @@ def test_a_cheat_is_outvoted_by_a_replica_on_a_third_node_and_only_the_agreeing_
 ) -> None:
     honest = hub.node("honest", price_cpu=PRICE)
     cheat = hub.node("cheat", price_cpu=PRICE)
+    stake(hub, honest, 20 * BUDGET)
+    stake(hub, cheat, 20 * BUDGET)
     consumer = hub.actor()
     job = consumer.submit(replicated())["job"]
     job_id = job["id"]
@@ -175,6 +194,12 @@ def test_a_cheat_is_outvoted_by_a_replica_on_a_third_node_and_only_the_agreeing_
     assert balance(hub, honest) == net(5 * PER_S)
     assert balance(hub, referee) == net(4 * PER_S)
     assert balance(hub, cheat) == 0
+    # The proven wrong result costs 12 task budgets of stake; the honest keep all of theirs.
+    assert staked(hub, cheat) == 20 * BUDGET - SLASH_MULTIPLE * BUDGET
+    assert staked(hub, honest) == 20 * BUDGET
+    [slash] = [e.entry for e in log_entries(hub) if isinstance(e.entry, Slash)]
+    assert (slash.node, slash.amount) == (cheat.id, SLASH_MULTIPLE * BUDGET)
+    assert second["task_id"] in slash.reason
     paid = 9 * PER_S
     assert view["escrow"]["refunded_micro"] == 3 * BUDGET - paid
     assert balance(hub, consumer) == 3 * BUDGET - paid
@@ -276,7 +301,9 @@ def test_a_hub_that_stopped_before_judging_judges_at_reconcile(hub: Hub) -> None
         ({"mode": "none", "replicas": 3}, "spec.verify.replicas"),
         ({"mode": "replicate", "rtol": 0.1}, "spec.verify.rtol"),
         ({"mode": "replicate", "replicas": 3, "max_replicas": 2}, "spec.verify.max_replicas"),
-        ({"mode": "adaptive"}, "spec.verify.mode"),
+        ({"mode": "adaptive", "replicas": 3}, "spec.verify.replicas"),
+        ({"mode": "adaptive", "max_replicas": 1}, "spec.verify.max_replicas"),
+        ({"mode": "sometimes"}, "spec.verify.mode"),
     ],
 )
 def test_a_verify_section_that_does_not_hold_is_refused_naming_its_field(
@@ -338,3 +365,86 @@ def test_each_result_is_committed_in_the_ledger_and_a_forged_or_missing_commitme
     signed = {k: v for k, v in entry.body.items() if k not in ("public_key", "signature")}
     verify_signature(key, bytes.fromhex(entry.body["signature"]), signed_bytes(signed))
     assert entry.body["job_id"] == job_id
+
+
+# --- adaptive replication -----------------------------------------------------------------------
+
+WORKLOAD = "run:cpu"
+
+
+def adaptive(**verify: Any) -> dict[str, Any]:
+    return replicated(**{"mode": "adaptive", **verify})
+
+
+def streak(hub: Hub, node: Actor) -> int:
+    return hub.ctx.store.valid_streak(node.id, WORKLOAD)
+
+
+def earn(hub: Hub, node: Actor, valid_results: int) -> None:
+    hub.ctx.store.record_results([(node.id, WORKLOAD, True)] * valid_results, hub.clock())
+
+
+def test_a_new_nodes_result_is_always_checked_and_agreement_counts_for_both(hub: Hub) -> None:
+    worker, checker = hub.node("worker", price_cpu=PRICE), hub.node("checker", price_cpu=PRICE)
+    consumer = hub.actor()
+    job = consumer.submit(adaptive())["job"]
+    assert len(job["tasks"]) == 1  # runs once; a check, when drawn, is added
+    assert job["escrow"]["locked_micro"] == 3 * BUDGET  # the run, a check, a tie-break
+    finish(worker, lease(worker), HONEST, 5.0)
+
+    # Under 10 valid results in a row, every result is checked, on another node.
+    view = consumer.call("GET", f"/v1/jobs/{job['id']}")
+    assert view["state"] == "running"
+    assert sorted(t["replica"] for t in view["tasks"]) == [0, 1]
+    assert balance(hub, worker) == 0  # held until the check
+    for _ in range(20):
+        assert claim(worker) is None
+    finish(checker, lease(checker), HONEST, 3.0)
+
+    assert verdicts(hub, job["id"]) == {worker.id: "agreed", checker.id: "agreed"}
+    assert consumer.call("GET", f"/v1/jobs/{job['id']}")["state"] == "succeeded"
+    assert (balance(hub, worker), balance(hub, checker)) == (net(5 * PER_S), net(3 * PER_S))
+    assert (streak(hub, worker), streak(hub, checker)) == (1, 1)
+
+
+def test_a_trusted_nodes_result_is_checked_only_when_the_draw_says(hub: Hub) -> None:
+    worker = hub.node("worker", price_cpu=PRICE)
+    earn(hub, worker, 20)  # checked with probability max(1/20, 9%) = 9%
+    consumer = hub.actor()
+    hub.ctx.draw = lambda: 0.5
+    job_id = consumer.submit(adaptive())["job"]["id"]
+    finish(worker, lease(worker), HONEST, 4.0)
+    assert verdicts(hub, job_id) == {worker.id: "trusted"}
+    view = consumer.call("GET", f"/v1/jobs/{job_id}")
+    assert view["state"] == "succeeded"
+    assert len(view["tasks"]) == 1
+    assert balance(hub, worker) == net(4 * PER_S)
+    assert streak(hub, worker) == 20  # an unchecked result proves nothing either way
+
+    hub.ctx.draw = lambda: 0.08  # under the floor: checked, however long the record
+    checked = consumer.submit(adaptive())["job"]["id"]
+    finish(worker, lease(worker), HONEST, 4.0)
+    assert len(consumer.call("GET", f"/v1/jobs/{checked}")["tasks"]) == 2
+
+
+def test_a_trusted_node_caught_cheating_by_a_check_starts_again_from_zero_unpaid(hub: Hub) -> None:
+    cheat, checker = hub.node("cheat", price_cpu=PRICE), hub.node("checker", price_cpu=PRICE)
+    earn(hub, cheat, 30)
+    stake(hub, cheat, BUDGET)  # less than a slash: it loses all of it
+    hub.ctx.draw = lambda: 0.0
+    consumer = hub.actor()
+    job_id = consumer.submit(adaptive())["job"]["id"]
+    finish(cheat, lease(cheat), MADE_UP, 6.0)
+    finish(checker, lease(checker), HONEST, 2.0)
+    # One against one: a third run settles which is wrong, on a node that ran neither.
+    assert claim(cheat) is None
+    assert claim(checker) is None
+    referee = hub.node("referee", price_cpu=PRICE)
+    finish(referee, lease(referee), HONEST, 2.0)
+
+    assert verdicts(hub, job_id) == {cheat.id: "wrong", checker.id: "agreed", referee.id: "agreed"}
+    assert consumer.call("GET", f"/v1/jobs/{job_id}")["state"] == "succeeded"
+    assert balance(hub, cheat) == 0
+    assert (streak(hub, cheat), streak(hub, checker), streak(hub, referee)) == (0, 1, 1)
+    assert balance(hub, consumer) == 3 * BUDGET - 4 * PER_S
+    assert staked(hub, cheat) == 0

@@ -473,6 +473,70 @@ def test_heartbeats_update_the_node_and_count_distinct_minutes(store: Store) -> 
     assert store.heartbeat_minutes(since=0.0, node_id="ak_silent") == {}
 
 
+# --- nodes' streaks of valid results ------------------------------------------------------------
+
+GPU_RUN, CPU_RUN = "run:gpu", "run:cpu"
+OTHER_NODE = "ak_" + "o" * 32
+
+
+def test_a_pair_never_recorded_has_a_streak_of_zero(store: Store) -> None:
+    store.record_results([(NODE, CPU_RUN, True)], T0)
+    assert store.valid_streak(NODE, GPU_RUN) == 0
+    assert store.valid_streak(OTHER_NODE, CPU_RUN) == 0
+    assert store.node_streaks(OTHER_NODE) == {}
+
+
+def test_valid_results_count_up_and_an_invalid_one_resets_the_streak(store: Store) -> None:
+    for i in range(3):
+        store.record_results([(NODE, GPU_RUN, True)], T0 + i)
+    assert store.valid_streak(NODE, GPU_RUN) == 3
+    store.record_results([(NODE, GPU_RUN, False)], T0 + 3)
+    assert store.valid_streak(NODE, GPU_RUN) == 0
+    store.record_results([(NODE, GPU_RUN, True)], T0 + 4)
+    assert store.valid_streak(NODE, GPU_RUN) == 1
+    store.record_results([(OTHER_NODE, GPU_RUN, False)], T0 + 5)  # a first result, invalid
+    assert store.node_streaks(OTHER_NODE) == {GPU_RUN: 0}
+
+
+def test_results_for_one_pair_in_one_call_apply_in_order(store: Store) -> None:
+    store.record_results([(NODE, GPU_RUN, True)] * 5, T0)
+    assert store.valid_streak(NODE, GPU_RUN) == 5
+    store.record_results([(NODE, GPU_RUN, True), (NODE, GPU_RUN, False)], T0 + 1)
+    assert store.valid_streak(NODE, GPU_RUN) == 0
+    store.record_results([(NODE, GPU_RUN, True)] * 4, T0 + 2)
+    store.record_results(
+        [(NODE, GPU_RUN, False), (NODE, CPU_RUN, True), (NODE, GPU_RUN, True)] * 2, T0 + 3
+    )
+    assert store.node_streaks(NODE) == {GPU_RUN: 1, CPU_RUN: 2}
+    store.record_results([], T0 + 4)
+    assert store.node_streaks(NODE) == {GPU_RUN: 1, CPU_RUN: 2}
+
+
+def test_node_streaks_lists_every_workload_of_one_node_only(store: Store) -> None:
+    store.record_results([(NODE, GPU_RUN, True), (NODE, CPU_RUN, True), (NODE, CPU_RUN, True)], T0)
+    store.record_results([(OTHER_NODE, "train:gpu", True), (OTHER_NODE, GPU_RUN, False)], T0)
+    assert store.node_streaks(NODE) == {GPU_RUN: 1, CPU_RUN: 2}
+    assert store.node_streaks(OTHER_NODE) == {"train:gpu": 1, GPU_RUN: 0}
+
+
+def test_concurrent_valid_results_are_each_counted(store: Store) -> None:
+    threads, calls = 8, 25
+    barrier = threading.Barrier(threads)
+
+    def record(thread: int) -> None:
+        # Half the threads name the two pairs the other way round: on PostgreSQL, rows locked in
+        # the order given would deadlock.
+        pairs = [(NODE, GPU_RUN, True), (OTHER_NODE, GPU_RUN, True)]
+        barrier.wait()
+        for _ in range(calls):
+            store.record_results(pairs if thread % 2 else pairs[::-1], T0)
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(record, range(threads)))
+    assert store.valid_streak(NODE, GPU_RUN) == threads * calls
+    assert store.valid_streak(OTHER_NODE, GPU_RUN) == threads * calls
+
+
 # --- logs ---------------------------------------------------------------------------------------
 
 
@@ -524,7 +588,7 @@ def test_hubs_starting_at_once_migrate_exactly_once(sql_url: str) -> None:
     try:
         with stores[0].engine.connect() as conn:
             versions = conn.execute(sa.text("SELECT version_num FROM alembic_version")).all()
-        assert versions == [("0007",)]
+        assert versions == [("0008",)]
         stores[0].put_node(make_node())
         assert stores[3].get_node(NODE) == make_node()
     finally:
@@ -568,6 +632,43 @@ def test_migration_0007_makes_existing_tasks_first_replicas_and_downgrades(sql_u
         }
         with engine.connect() as conn:
             assert conn.execute(sa.select(sa.func.count()).select_from(tables.tasks)).scalar() == 3
+    finally:
+        engine.dispose()
+
+
+def test_hubs_sharing_a_database_count_every_valid_result(sql_url: str) -> None:
+    hubs = [SqlStore.open(sql_url) for _ in range(2)]
+    threads, calls = 8, 25
+    barrier = threading.Barrier(threads)
+
+    def record(thread: int) -> None:
+        barrier.wait()
+        for _ in range(calls):
+            hubs[thread % 2].record_results([(NODE, GPU_RUN, True)], T0)
+
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(record, range(threads)))
+        assert [hub.valid_streak(NODE, GPU_RUN) for hub in hubs] == [threads * calls] * 2
+    finally:
+        for hub in hubs:
+            hub.close()
+
+
+def test_migration_0008_adds_an_empty_streak_table_and_downgrades(sql_url: str) -> None:
+    engine = sa.create_engine(sql_url)
+    try:
+        _migrate_to(engine, "0007")
+        assert "node_streaks" not in sa.inspect(engine).get_table_names()
+        _migrate_to(engine, "0008")
+        with engine.connect() as conn:
+            count = sa.select(sa.func.count()).select_from(tables.node_streaks)
+            assert conn.execute(count).scalar() == 0
+        store = SqlStore(engine)
+        store.record_results([(NODE, GPU_RUN, True)], T0)
+        assert store.node_streaks(NODE) == {GPU_RUN: 1}
+        _migrate_to(engine, "0007", down=True)
+        assert "node_streaks" not in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()
 

@@ -289,12 +289,12 @@ def results(
 
 def _kept_results(outcome: Results) -> list[TaskResult]:
     """The result of each task to download: of a replicated task, the first replica the quorum
-    agreed on (a wrong or unverified one is never the result)."""
+    agreed on, or an adaptive result trusted unchecked (a wrong or unverified one never)."""
     if not any(t.replica or t.verdict for t in outcome.tasks):
         return outcome.tasks
     kept: dict[int, TaskResult] = {}
     for task in sorted(outcome.tasks, key=lambda t: (t.index, t.replica)):
-        if task.verdict == "agreed":
+        if task.verdict in ("agreed", "trusted"):
             kept.setdefault(task.index, task)
     return [kept[index] for index in sorted(kept)]
 

@@ -182,7 +182,12 @@ def tasks_table(job: JobView, node_names: Mapping[str, str]) -> Table:
     return table
 
 
-_VERDICT_STYLES = {"agreed": "green", "wrong": "bold red", "unverified": "yellow"}
+_VERDICT_STYLES = {
+    "agreed": "green",
+    "trusted": "cyan",
+    "wrong": "bold red",
+    "unverified": "yellow",
+}
 
 
 def verdict_text(verdict: str | None) -> Text:

@@ -8,6 +8,7 @@ event loop.
 from __future__ import annotations
 
 import asyncio
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +33,7 @@ _SNAPSHOT_TTL_S = 1.0
 # counting them reads every node's day of minutes (1.4 million rows for 1,000 nodes), so the
 # counts are reused for a minute.
 _HEARD_TTL_S = 60.0
+_DRAW_STEPS = 1 << 53  # draws in [0, 1) with a float's whole precision
 # Job specs kept parsed; the cache starts over when full (specs are cheap to re-read).
 _SPEC_CACHE_SIZE = 10_000
 
@@ -87,12 +89,19 @@ def _wake(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
+def _uniform() -> float:
+    return secrets.randbelow(_DRAW_STEPS) / _DRAW_STEPS
+
+
 @dataclass
 class HubContext:
     config: HubConfig
     store: Store
     blobs: BlobStore
     clock: Callable[[], float] = time.time
+    # Uniform in [0, 1), from the operating system's generator: which results are checked
+    # (lumbung.hub.replication) must not be predictable from outside the hub.
+    draw: Callable[[], float] = field(default=_uniform)
     work: WorkSignal = field(default_factory=WorkSignal)
     known_actors: set[str] = field(default_factory=set)
     # The hub's own key: it signs the log's checkpoints and is the ledger's treasury for now.

@@ -248,13 +248,14 @@ def _require_new_job(ctx: HubContext, job_id: str) -> None:
 
 def _kept_work(ctx: HubContext, job_id: str, spec: JobSpec | None) -> list[KeptWork]:
     """The job's kept work; of a replicated job, only the work of replicas the quorum agreed
-    with (``lumbung.hub.replication``): a wrong or unverified result earns nothing."""
+    with or that were trusted unchecked (``lumbung.hub.replication``): a wrong or unverified
+    result earns nothing, and one waiting for its check nothing yet."""
     paid: set[str] | None = None
     if spec is None or spec.verify.replicated:
         tasks = ctx.store.list_tasks(job_id)
         # A job whose spec no longer reads is known to be replicated by its rows.
         if spec is not None or any(t.replica > 0 for t in tasks):
-            paid = {t.id for t in tasks if t.verdict == replication.AGREED}
+            paid = {t.id for t in tasks if t.verdict in replication.PAID}
     return [
         KeptWork(
             task_id=w.task_id,

@@ -208,6 +208,8 @@ def _replica_drawn(
     """
     if not spec.verify.replicated:
         return True
+    if spec.verify.mode == "adaptive" and task.replica == 0:
+        return True  # the work itself; its check, if drawn, is a replica left to chance
     holders = {
         t.node_id for t in ctx.store.list_replicas(task.job_id, task.index) if t.id != task.id
     }

@@ -1,4 +1,5 @@
-"""Replicated ``run`` tasks (``verify.mode: replicate``): the verdict on a task's replicas.
+"""Replicated ``run`` tasks (``verify.mode: replicate`` or ``adaptive``): the verdict on a task's
+replicas.
 
 Each replica is a task row of its own (same job and index, its own ``replica`` number), leased
 only to a node that holds no other replica of that task (``lumbung.hub.leases``). After every
@@ -12,7 +13,15 @@ commit that finishes a replica, ``judge`` reads the task's replicas as committed
 - never (the bound is reached without a quorum): the finished replicas are ``unverified``, the
   rest are cancelled and the job fails saying so. Nobody is blamed for a tie.
 
-Settlement pays a replicated job's work only on replicas whose verdict is ``agreed``
+An ``adaptive`` task runs once; when it finishes the hub draws, from its own random source,
+whether to check it (``lumbung.verify.adaptive``, by the count of consecutive valid results its
+node has for this kind of work). Checked, a second replica is queued for another node and the
+two are judged as above with a quorum of two; not checked, the result is ``trusted``. Each
+verdict of a quorum moves the counts: one more for a node that agreed, back to zero for one
+that was wrong, and a wrong result costs its node stake (``lumbung.hub.slashing``).
+
+Settlement pays a replicated job's work only on replicas whose verdict is ``agreed`` or
+``trusted``
 (``lumbung.hub.escrow``), so a wrong result, and one that cannot be verified, earns nothing; what
 the escrow held for it goes back to the consumer. Like ``recount_job``, ``judge`` runs after the
 commit rather than inside it: two replicas finishing at once each see the other still running,
@@ -27,22 +36,25 @@ import logging
 from collections.abc import Callable
 
 from lumbung.errors import Conflict, StaleWrite
+from lumbung.hub import slashing
 from lumbung.hub.context import HubContext
 from lumbung.market.fanout import replica_task
 from lumbung.market.model import Job, JobState, Task, TaskState
 from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, next_task_state
 from lumbung.store.protocol import Changes
 from lumbung.verify import quorum
+from lumbung.verify.adaptive import CheckRate
 from lumbung.verify.compare import Comparator, Tolerance
-from lumbung.wire.spec import VerifySpec
+from lumbung.wire.spec import JobSpec, VerifySpec
 
 log = logging.getLogger("lumbung.hub.replication")
 
 AGREED = "agreed"
 WRONG = "wrong"
 UNVERIFIED = "unverified"
-# Verdicts a replica keeps for good; only the first is paid.
-DECIDED = frozenset({AGREED, WRONG, UNVERIFIED})
+TRUSTED = "trusted"  # adaptive: not drawn for a check, paid on its node's record
+PAID = frozenset({AGREED, TRUSTED})
+CHECKS = CheckRate()
 # The numeric comparator parses whole outputs: larger ones are compared by hash only.
 NUMERIC_MAX_BYTES = 64 * 1024 * 1024
 _JUDGE_RACES = 16
@@ -65,6 +77,8 @@ def judge(ctx: HubContext, job_id: str, index: int) -> None:
             continue  # a replica moved, or another judge added the same replica: look again
         if changes.new_tasks:
             ctx.work.notify()
+        _count_results(ctx, job, changes.tasks)
+        slashing.slash_wrong(ctx, job, [t for t in changes.tasks if t.verdict == WRONG])
         return
     log.warning("job %s task %d: judging lost every race; reconcile judges it again", job_id, index)
 
@@ -79,6 +93,28 @@ def judge_waiting(ctx: HubContext, job: Job) -> None:
         judge(ctx, job.id, index)
 
 
+def workload_of(spec: JobSpec) -> str:
+    """The kind of work a node's record is kept for: honest on CPU tasks is not proof for GPUs."""
+    return f"{spec.kind}:{'gpu' if spec.resources.gpus else 'cpu'}"
+
+
+def _count_results(ctx: HubContext, job: Job, judged: list[Task]) -> None:
+    """Move the judged nodes' counts of consecutive valid results; advisory, so a failure here
+    is logged, not raised (the verdicts are stored)."""
+    workload = workload_of(job.spec)
+    results = [
+        (t.node_id, workload, t.verdict == AGREED)
+        for t in judged
+        if t.node_id is not None and t.verdict in (AGREED, WRONG)
+    ]
+    if not results:
+        return
+    try:
+        ctx.store.record_results(results, ctx.clock())
+    except Exception:
+        log.exception("job %s: counting %d verdicts failed", job.id, len(results))
+
+
 def _awaits_verdict(task: Task) -> bool:
     return task.state is TaskState.SUCCEEDED and task.verdict is None
 
@@ -89,6 +125,10 @@ def _judgement(ctx: HubContext, job: Job, replicas: list[Task]) -> Changes | Non
     finished = sorted(
         (t for t in replicas if t.state is TaskState.SUCCEEDED), key=lambda t: (t.updated_at, t.id)
     )
+    if verify.mode == "adaptive" and len(replicas) == 1:
+        if not finished or finished[0].verdict is not None:
+            return None
+        return _check_or_trust(ctx, job, finished[0])
     compare = _agreement(ctx, verify)
     canonical = next((t for t in finished if t.verdict == AGREED), None)
     if canonical is not None:
@@ -101,7 +141,7 @@ def _judgement(ctx: HubContext, job: Job, replicas: list[Task]) -> Changes | Non
     counted, repeats = _one_per_node(finished)
     verdict = quorum.decide(
         [_replica(t) for t in counted],
-        quorum=verify.quorum,
+        quorum=verify.quorum_of(),
         max_replicas=verify.runs_per_task(),
         across_classes=lambda a, b: compare(_by_node(counted, a), _by_node(counted, b)),
     )
@@ -114,6 +154,18 @@ def _judgement(ctx: HubContext, job: Job, replicas: list[Task]) -> Changes | Non
     if verdict.state == "pending":
         return _more_replicas(job, replicas, verdict.more_needed, repeats)
     return _unverifiable(ctx, job, replicas, counted + repeats)
+
+
+def _check_or_trust(ctx: HubContext, job: Job, task: Task) -> Changes:
+    """An adaptive task's only result: drawn for a check (a replica queued for another node) or
+    trusted. Either way ``task`` is written, so that of two judges deciding at once only one
+    decision stands (the other's write is stale)."""
+    streak = ctx.store.valid_streak(task.node_id or "", workload_of(job.spec))
+    if CHECKS.should_check(streak, ctx.draw()):
+        check = replica_task(job.id, task.index, task.params, 1, task.updated_at)
+        return Changes(tasks=[task], new_tasks=[check])
+    task.verdict = TRUSTED
+    return Changes(tasks=[task])
 
 
 def _more_replicas(
@@ -149,7 +201,7 @@ def _unverifiable(ctx: HubContext, job: Job, replicas: list[Task], finished: lis
     job.state = JobState.FAILED
     job.error = (
         f"task {replicas[0].index} could not be verified: {len(finished)} replicas ran on "
-        f"distinct nodes and no {verify.quorum} of them agree (verify.max_replicas is "
+        f"distinct nodes and no {verify.quorum_of()} of them agree (verify.max_replicas is "
         f"{verify.runs_per_task()}); none of them is paid"
     )
     job.updated_at = now

@@ -22,11 +22,11 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def tasks_for(job_id: str, spec: JobSpec, now: float) -> list[Task]:
-    """One QUEUED task per entry of ``spec.task_params()``, indexed 0..n-1 in that order; a
-    replicated job (``verify.mode: replicate``) has ``verify.replicas`` of each, sharing its index.
+    """One QUEUED task per entry of ``spec.task_params()``, indexed 0..n-1 in that order; a job
+    with ``verify.mode: replicate`` has ``verify.replicas`` of each, sharing its index.
     """
     validate_command_placeholders(spec)
-    copies = spec.verify.replicas if spec.verify.replicated else 1
+    copies = spec.verify.first_replicas()
     return [
         replica_task(job_id, index, params, replica, now)
         for index, params in enumerate(spec.task_params())

@@ -82,8 +82,9 @@ class Task:
     # Which copy of the logical task (job_id, index) this is: a replicated task runs on several
     # distinct nodes so that their results can be compared; 0 for the first (or only) copy.
     replica: int = 0
-    # What the quorum found of this replica's result ("agreed", "wrong", "unverified"); None
-    # while the task is not replicated or its replicas are not decided yet.
+    # What the quorum found of this replica's result ("agreed", "wrong", "unverified"), or
+    # "trusted" (adaptive: not drawn for a check); None while the task is not replicated or its
+    # replicas are not decided yet.
     verdict: str | None = None
     # The digest of the execution class the node committed to with its result (lumbung.wire.
     # commitment): replicas of one class must match bit for bit.

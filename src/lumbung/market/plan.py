@@ -73,10 +73,13 @@ def escrow_micro(spec: JobSpec) -> int:
 
 def verification_extra(spec: JobSpec, price_micro_per_hour: int) -> tuple[float, int]:
     """What verifying ``spec`` costs on top of running each task once, if its replicas agree:
-    node-hours at the time limit, and micro-credits at ``price_micro_per_hour``."""
+    node-hours at the time limit, and micro-credits at ``price_micro_per_hour``. Adaptive checks
+    are counted as if every result were checked, as it is while its nodes are new."""
     if not spec.verify.replicated:
         return 0.0, 0
-    extra_runs = spec.task_count() * (spec.verify.replicas - 1)
+    verify = spec.verify
+    per_task = verify.first_replicas() - 1 if verify.mode == "replicate" else 1
+    extra_runs = spec.task_count() * per_task
     hours = extra_runs * spec.max_runtime_s / SECONDS_PER_HOUR
     return hours, cost_micro(price_micro_per_hour, spec.max_runtime_s, extra_runs)
 
@@ -174,13 +177,23 @@ def _verification_line(spec: JobSpec, plan: Plan) -> str:
         if verify.compare == "numeric"
         else "by SHA-256"
     )
+    cost = (
+        f"{plan.verification_extra_node_hours:.3g} node-hours at most and "
+        f"{format_credits(plan.verification_extra_micro)} at the cheapest fitting price"
+    )
+    if verify.mode == "adaptive":
+        return (
+            "Verification: adaptive; a result is checked by a replica on another node picked "
+            "at random, always while its node has fewer than 10 valid results in a row, then "
+            f"with probability 1/count (at least 9%), outputs compared {compared} (up to "
+            f"{verify.runs_per_task()} runs while they disagree). With every result checked "
+            f"that adds {cost}; a result that disagrees with the quorum is not paid."
+        )
     return (
         f"Verification: each task runs on {verify.replicas} distinct nodes picked at random and "
         f"a quorum of {verify.quorum} must agree, outputs compared {compared} (up to "
-        f"{verify.runs_per_task()} runs while they disagree). That adds "
-        f"{plan.verification_extra_node_hours:.3g} node-hours at most and "
-        f"{format_credits(plan.verification_extra_micro)} at the cheapest fitting price when "
-        "they agree; a result that disagrees with the quorum is not paid."
+        f"{verify.runs_per_task()} runs while they disagree). That adds {cost} when they "
+        "agree; a result that disagrees with the quorum is not paid."
     )
 
 

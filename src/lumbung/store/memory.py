@@ -57,6 +57,7 @@ class MemoryStore:
         self._nonces: dict[tuple[str, str], float] = {}
         self._nodes: dict[str, Node] = {}
         self._minutes: dict[str, set[int]] = {}
+        self._streaks: dict[tuple[str, str], int] = {}  # (node, workload) -> valid results in a row
         self._jobs: dict[str, Job] = {}
         self._tasks: dict[str, Task] = {}
         self._checkpoints: dict[tuple[str, int], CheckpointLink] = {}
@@ -141,6 +142,22 @@ class MemoryStore:
             return self._nodes[node_id]
         except KeyError:
             raise NotFound(f"no node {node_id}") from None
+
+    # --- nodes' streaks of valid results ---------------------------------------------------------
+
+    def valid_streak(self, node_id: str, workload: str) -> int:
+        with self._lock:
+            return self._streaks.get((node_id, workload), 0)
+
+    def record_results(self, results: Sequence[tuple[str, str, bool]], now: float) -> None:
+        with self._lock:
+            for node_id, workload, valid in results:
+                key = (node_id, workload)
+                self._streaks[key] = self._streaks.get(key, 0) + 1 if valid else 0
+
+    def node_streaks(self, node_id: str) -> dict[str, int]:
+        with self._lock:
+            return {w: n for (node, w), n in sorted(self._streaks.items()) if node == node_id}
 
     # --- jobs and tasks -------------------------------------------------------------------------
 

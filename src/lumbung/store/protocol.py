@@ -107,6 +107,16 @@ class Store(Protocol):
     def purge_heartbeat_minutes(self, before: float) -> int:
         """Forget the heartbeat minutes that end before ``before``; returns how many."""
 
+    # --- nodes' streaks of valid results (adaptive replication) ---------------------------------
+    def valid_streak(self, node_id: str, workload: str) -> int:
+        """The node's count of consecutive valid results in ``workload``; 0 if never recorded."""
+
+    def record_results(self, results: Sequence[tuple[str, str, bool]], now: float) -> None:
+        """Per (node_id, workload, valid), in order and in one transaction: count one more, or 0."""
+
+    def node_streaks(self, node_id: str) -> dict[str, int]:
+        """The node's count of consecutive valid results per workload it has a record in."""
+
     # --- jobs and tasks -------------------------------------------------------------------------
     def create_job(self, job: Job, tasks: Sequence[Task]) -> None:
         """Insert a job and all its tasks in one transaction."""

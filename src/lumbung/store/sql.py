@@ -121,6 +121,15 @@ _WORK_BY_ATTEMPT = select(_W).where(
     _W.c.task_id == bindparam("task_id"), _W.c.attempt == bindparam("attempt")
 )
 _NEW_NONCE = generic_insert(t.nonces)
+_NS = t.node_streaks
+_STREAK = select(_NS.c.valid_streak).where(
+    _NS.c.node_id == bindparam("node_id"), _NS.c.workload == bindparam("workload")
+)
+_NODE_STREAKS = (
+    select(_NS.c.workload, _NS.c.valid_streak)
+    .where(_NS.c.node_id == bindparam("node_id"))
+    .order_by(_NS.c.workload)
+)
 _HEARTBEAT = (
     t.nodes.update()
     .where(t.nodes.c.id == bindparam("b_id"))
@@ -158,6 +167,24 @@ class SqlStore:
         # A node's heartbeat minutes (its reliability): the first heartbeat of a minute counts.
         self._heartbeat_minute = self._insert(t.heartbeat_minutes).on_conflict_do_nothing()
         self._minutes_recorded: dict[str, int] = {}  # node -> the last minute this process wrote
+        # A node's streak moves in the database, so that hubs counting at once lose no result:
+        # one more (or several) on the stored count, or set outright after an invalid result.
+        streak = self._insert(t.node_streaks)
+        pair = ["node_id", "workload"]
+        self._streak_add = streak.on_conflict_do_update(
+            index_elements=pair,
+            set_={
+                "valid_streak": _NS.c.valid_streak + streak.excluded.valid_streak,
+                "updated_at": streak.excluded.updated_at,
+            },
+        )
+        self._streak_set = streak.on_conflict_do_update(
+            index_elements=pair,
+            set_={
+                "valid_streak": streak.excluded.valid_streak,
+                "updated_at": streak.excluded.updated_at,
+            },
+        )
         work = self._insert(t.work)
         keys = ("task_id", "attempt")
         self._work_upsert = work.on_conflict_do_update(
@@ -266,6 +293,30 @@ class SqlStore:
         if node_id is not None:
             stmt = stmt.where(hm.c.node_id == node_id)
         return {node: int(count) for node, count in self._tuples(stmt)}
+
+    # --- nodes' streaks of valid results ---------------------------------------------------------
+
+    def valid_streak(self, node_id: str, workload: str) -> int:
+        rows = self._tuples(_STREAK, {"node_id": node_id, "workload": workload})
+        return int(rows[0][0]) if rows else 0
+
+    def record_results(self, results: Sequence[tuple[str, str, bool]], now: float) -> None:
+        # One upsert per pair, in key order: two hubs' transactions on PostgreSQL then lock the
+        # rows they share in the same order and cannot deadlock.
+        moves = _streak_moves(results)
+        with self._write() as conn:
+            for (node_id, workload), (reset, valid) in sorted(moves.items()):
+                row = {
+                    "node_id": node_id,
+                    "workload": workload,
+                    "valid_streak": valid,
+                    "updated_at": now,
+                }
+                conn.execute(self._streak_set if reset else self._streak_add, row)
+
+    def node_streaks(self, node_id: str) -> dict[str, int]:
+        rows = self._tuples(_NODE_STREAKS, {"node_id": node_id})
+        return {workload: int(count) for workload, count in rows}
 
     # --- jobs and tasks -------------------------------------------------------------------------
 
@@ -553,6 +604,18 @@ def _job_from_row(row: Any) -> Job:
     except ValidationError as exc:
         reason = rejected_from_validation(exc).message
         raise UnreadableJob(row["id"], row["owner"], JobState(row["state"]), reason) from exc
+
+
+def _streak_moves(
+    results: Sequence[tuple[str, str, bool]],
+) -> dict[tuple[str, str], tuple[bool, int]]:
+    """What ``results``, applied in order, do to each pair's stored count: (reset, valid) means
+    "set it to ``valid``" when an invalid result reset it, else "add ``valid`` to it"."""
+    moves: dict[tuple[str, str], tuple[bool, int]] = {}
+    for node_id, workload, is_valid in results:
+        reset, valid = moves.get((node_id, workload), (False, 0))
+        moves[(node_id, workload)] = (reset, valid + 1) if is_valid else (True, 0)
+    return moves
 
 
 def _update_versioned(

@@ -92,6 +92,17 @@ heartbeat_minutes = Table(
     Index("ix_heartbeat_minutes_minute", "minute"),
 )
 
+# Per node and kind of work, how many of its results in a row a quorum found valid: the hub's
+# adaptive replication checks a node less often as this grows, and an invalid result resets it.
+node_streaks = Table(
+    "node_streaks",
+    metadata,
+    Column("node_id", String(64), primary_key=True),
+    Column("workload", String(64), primary_key=True),  # lumbung.hub.replication.workload_of
+    Column("valid_streak", BigInteger, nullable=False),
+    Column("updated_at", Double, nullable=False),
+)
+
 jobs = Table(
     "jobs",
     metadata,

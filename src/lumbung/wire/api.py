@@ -395,8 +395,8 @@ class TaskView(Model):
     error: str | None
     checkpoints: list[CheckpointView]
     updated_at: float
-    # verify.mode replicate: which copy of task ``index`` this is, and what the quorum found
-    # ("agreed", "wrong", "unverified"; None while undecided, and for a job not replicated).
+    # verify.mode replicate or adaptive: which copy of task ``index`` this is, and what was found
+    # ("agreed", "trusted", "wrong", "unverified"; None while undecided, and when not verified).
     replica: int = 0
     verdict: str | None = None
 

@@ -29,6 +29,8 @@ from lumbung.wire.train import TrainSpec
 
 MAX_TASKS_PER_JOB = 10_000
 MAX_REPLICAS = 16  # the most runs of one task verify.max_replicas may ask for
+# An adaptive check is one replica that must agree with the result it checks.
+ADAPTIVE_QUORUM = 2
 MAX_RUNTIME_S = 7 * 24 * 3600  # the longest max_runtime_s a job may ask for
 # The ledger's largest amount (lumbung.ledger.entries.MAX_AMOUNT_MICRO, which the wire cannot
 # import; a test holds the two equal): a job whose worst case is more could never be locked.
@@ -98,12 +100,16 @@ class VerifySpec(Strict):
 
     ``none`` pays each task's provider on its word. ``replicate`` runs each task on ``replicas``
     distinct nodes and keeps the result a ``quorum`` of them agree on; while they disagree more
-    run, up to ``max_replicas`` (default one more than ``replicas``). Only replicas that agree
-    with the kept result are paid. Outputs are compared by SHA-256, or with ``compare: numeric``
-    value by value (JSON, CSV and ``.npy``) within ``rtol`` and ``atol``.
+    run, up to ``max_replicas`` (default one more than ``replicas``). ``adaptive`` runs each task
+    once and checks the result with a replica on another node as often as its node has earned
+    (``lumbung.verify.adaptive``: always under 10 consecutive valid results, then with
+    probability 1/count but never under 9%); a check that disagrees takes a third run (up to
+    ``max_replicas``, default 3) to settle which is wrong. Only results a quorum agrees on, or
+    that were not drawn for a check, are paid. Outputs are compared by SHA-256, or with
+    ``compare: numeric`` value by value (JSON, CSV and ``.npy``) within ``rtol`` and ``atol``.
     """
 
-    mode: Literal["none", "replicate"] = "none"
+    mode: Literal["none", "replicate", "adaptive"] = "none"
     replicas: Annotated[int, Field(ge=2, le=MAX_REPLICAS)] = 2
     quorum: Annotated[int, Field(ge=2, le=MAX_REPLICAS)] = 2
     max_replicas: Annotated[int, Field(ge=2, le=MAX_REPLICAS)] | None = None
@@ -114,10 +120,16 @@ class VerifySpec(Strict):
     @model_validator(mode="after")
     def _consistent(self) -> VerifySpec:
         # By value, not by which fields were given: the store writes every field back.
-        if self.mode == "none":
-            for name in ("replicas", "quorum", "max_replicas", "compare"):
+        if self.mode != "replicate":
+            for name in ("replicas", "quorum"):
                 if self._changed(name):
                     raise refusal((name,), "only for mode: replicate", getattr(self, name))
+        if self.mode == "none":
+            for name in ("max_replicas", "compare"):
+                if self._changed(name):
+                    raise refusal(
+                        (name,), "only for mode: replicate or adaptive", getattr(self, name)
+                    )
         if self.compare != "numeric":
             for name in ("rtol", "atol"):
                 if self._changed(name):
@@ -129,10 +141,12 @@ class VerifySpec(Strict):
                 "results that agree",
                 self.quorum,
             )
-        if self.max_replicas is not None and self.max_replicas < self.replicas:
+        least = self.replicas if self.mode == "replicate" else ADAPTIVE_QUORUM
+        if self.max_replicas is not None and self.max_replicas < least:
             raise refusal(
                 ("max_replicas",),
-                f"must be at least replicas ({self.replicas})",
+                f"must be at least {least}: "
+                + ("replicas" if self.mode == "replicate" else "a checked result and its check"),
                 self.max_replicas,
             )
         return self
@@ -142,12 +156,22 @@ class VerifySpec(Strict):
 
     @property
     def replicated(self) -> bool:
-        return self.mode == "replicate"
+        """Whether tasks may run as several replicas whose results a quorum compares."""
+        return self.mode != "none"
+
+    def first_replicas(self) -> int:
+        """Replicas of each task queued at submit (adaptive adds its checks later)."""
+        return self.replicas if self.mode == "replicate" else 1
+
+    def quorum_of(self) -> int:
+        return self.quorum if self.mode == "replicate" else ADAPTIVE_QUORUM
 
     def runs_per_task(self) -> int:
         """The most runs one task may take to verify: what its escrow must cover."""
-        if not self.replicated:
+        if self.mode == "none":
             return 1
+        if self.mode == "adaptive":
+            return self.max_replicas or ADAPTIVE_QUORUM + 1
         return self.max_replicas or min(self.replicas + 1, MAX_REPLICAS)
 
 

@@ -279,3 +279,23 @@ def test_waiting_reason_ignores_fitting_nodes_that_are_offline() -> None:
         explanation=[],
     )
     assert waiting_reason(plan) == "no online node fits: 1 too_few_cpus"
+
+
+def test_verification_is_costed_on_top_of_the_work_and_explained() -> None:
+    nodes = [snap(node("cheap", cpu_price=20_000)), snap(node("dear", cpu_price=40_000))]
+    plain = make_plan(spec(count=4), nodes)
+    assert (plain.verification_extra_node_hours, plain.verification_extra_micro) == (0.0, 0)
+    assert "Verification: none" in " ".join(plain.explanation)
+
+    replicated = make_plan(spec(count=4, verify={"mode": "replicate", "replicas": 3}), nodes)
+    # Two more runs of each of 4 one-hour tasks, at the cheapest fitting price.
+    assert replicated.verification_extra_node_hours == 8.0
+    assert replicated.verification_extra_micro == 8 * 20_000
+    assert replicated.max_cost_micro == 4 * 4 * 50_000  # 4 runs each may be needed
+
+    adaptive = make_plan(spec(count=4, verify={"mode": "adaptive"}), nodes)
+    # At most one check of each, when every node is new.
+    assert adaptive.verification_extra_node_hours == 4.0
+    assert adaptive.verification_extra_micro == 4 * 20_000
+    assert adaptive.max_cost_micro == 4 * 3 * 50_000
+    assert "adaptive" in " ".join(adaptive.explanation)

@@ -177,3 +177,13 @@ def test_a_train_job_is_screened_not_replicated() -> None:
         validate_spec(train_job(verify={"mode": "replicate"}))
     assert caught.value.field == "verify.mode"
     assert validate_spec(train_job(verify={"mode": "none"})).verify.mode == "none"
+
+
+def test_adaptive_runs_each_task_once_and_locks_a_check_and_a_tie_break() -> None:
+    base = {"name": "j", "command": ["true"], "max_price_micro_per_hour": 10}
+    spec = validate_spec({**base, "verify": {"mode": "adaptive"}})
+    assert (spec.verify.first_replicas(), spec.verify.quorum_of()) == (1, 2)
+    assert spec.verify.runs_per_task() == 3
+    with pytest.raises(Rejected) as caught:
+        validate_spec({**base, "verify": {"mode": "adaptive", "quorum": 3}})
+    assert caught.value.field == "verify.quorum"  # adaptive's quorum is its check: always two
