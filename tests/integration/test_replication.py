@@ -200,9 +200,10 @@ def test_a_cheat_is_outvoted_by_a_replica_on_a_third_node_and_only_the_agreeing_
     [slash] = [e.entry for e in log_entries(hub) if isinstance(e.entry, Slash)]
     assert (slash.node, slash.amount) == (cheat.id, SLASH_MULTIPLE * BUDGET)
     assert second["task_id"] in slash.reason
+    # Half of it goes to the consumer who was served the wrong result.
+    assert balance(hub, consumer) == 3 * BUDGET - 9 * PER_S + SLASH_MULTIPLE * BUDGET // 2
     paid = 9 * PER_S
     assert view["escrow"]["refunded_micro"] == 3 * BUDGET - paid
-    assert balance(hub, consumer) == 3 * BUDGET - paid
 
     results = consumer.call("GET", f"/v1/jobs/{job_id}/results")
     agreed = [t for t in results["tasks"] if t["verdict"] == "agreed"]
@@ -446,5 +447,5 @@ def test_a_trusted_node_caught_cheating_by_a_check_starts_again_from_zero_unpaid
     assert consumer.call("GET", f"/v1/jobs/{job_id}")["state"] == "succeeded"
     assert balance(hub, cheat) == 0
     assert (streak(hub, cheat), streak(hub, checker), streak(hub, referee)) == (0, 1, 1)
-    assert balance(hub, consumer) == 3 * BUDGET - 4 * PER_S
+    assert balance(hub, consumer) == 3 * BUDGET - 4 * PER_S + BUDGET // 2
     assert staked(hub, cheat) == 0

@@ -173,17 +173,35 @@ def _choose(
             # None: a job that cannot be read back, isolated now so the others go on
             if (spec := readable_spec(ctx, t.job_id)) is not None
             and not _retry_elsewhere(t, spec, me.node.id, others)
-            and _replica_drawn(ctx, t, spec, me.node.id, others)
         ]
-        chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
+        chosen = _first_allowed(ctx, me, pairs, others, now)
         for _ in range(skip):
             if chosen is None:
                 break
             pairs = [pair for pair in pairs if pair[0] is not chosen]
-            chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s) or chosen
+            chosen = _first_allowed(ctx, me, pairs, others, now) or chosen
         if chosen is not None or len(queued) < _CLAIM_PAGE:
             return chosen
     return None
+
+
+def _first_allowed(
+    ctx: HubContext,
+    me: NodeSnapshot,
+    pairs: list[tuple[Task, JobSpec]],
+    others: list[NodeSnapshot],
+    now: float,
+) -> Task | None:
+    """``choose_task``'s pick, passing over replicas this node may not take now: asked only of
+    the task that would be chosen, since each costs a read of the task's replicas."""
+    while True:
+        chosen = choose_task(me, pairs, others, now, ctx.config.cheaper_node_grace_s)
+        if chosen is None:
+            return None
+        spec = next(spec for task, spec in pairs if task is chosen)
+        if _replica_drawn(ctx, chosen, spec, me.node.id, others):
+            return chosen
+        pairs = [pair for pair in pairs if pair[0] is not chosen]
 
 
 def _retry_elsewhere(task: Task, spec: JobSpec, node_id: str, others: list[NodeSnapshot]) -> bool:
@@ -210,21 +228,17 @@ def _replica_drawn(
         return True
     if spec.verify.mode == "adaptive" and task.replica == 0:
         return True  # the work itself; its check, if drawn, is a replica left to chance
-    holders = {
-        t.node_id for t in ctx.store.list_replicas(task.job_id, task.index) if t.id != task.id
-    }
-    if node_id in holders:
-        return False
+    # The draw first: a lost one needs no read of the task's replicas. The idle nodes counted
+    # as rivals include those holding a replica, so the odds are a little under an even share.
     rivals = sum(
         1
         for o in others
-        if o.online
-        and not o.node.draining
-        and o.node.free_slots > 0
-        and o.node.id not in holders
-        and not exclusions(o, spec)
+        if o.online and not o.node.draining and o.node.free_slots > 0 and not exclusions(o, spec)
     )
-    return secrets.randbelow(rivals + 1) == 0
+    if secrets.randbelow(rivals + 1) != 0:
+        return False
+    siblings = ctx.store.list_replicas(task.job_id, task.index)
+    return all(t.node_id != node_id for t in siblings if t.id != task.id)
 
 
 def lease_end(ctx: HubContext, task: Task, spec: JobSpec, now: float) -> float:

@@ -4,7 +4,9 @@
 or the whole stake when that is less, so that with checks at the adaptive floor's rate cheating
 loses more than it earns. Only a ``wrong`` verdict slashes: a tie (``unverified``) blames
 nobody, and an honest provider, whose results agree with the other honest replicas, never loses
-stake. The hub appends one ``slash`` entry per wrong result, to the treasury, naming the task.
+stake. The hub appends one ``slash`` entry per wrong result, naming the task, which moves the
+stake to the treasury, and at once a ``transfer`` of half of it from the treasury to the job's
+consumer, who was served the wrong result and waited for its check.
 """
 
 from __future__ import annotations
@@ -16,12 +18,14 @@ from collections.abc import Sequence
 from lumbung.hub.context import HubContext
 from lumbung.hub.ledger import Draft
 from lumbung.ledger.balances import Ledger
-from lumbung.ledger.entries import Slash
+from lumbung.ledger.entries import Slash, Transfer
 from lumbung.market.model import Job, Task
 from lumbung.market.plan import task_budget_micro
 from lumbung.verify.stake import slash_micro
 
 log = logging.getLogger("lumbung.hub.slashing")
+
+CONSUMER_SHARE = 2  # the consumer gets 1/CONSUMER_SHARE of each slash
 
 
 def slash_wrong(ctx: HubContext, job: Job, wrong: Sequence[Task]) -> None:
@@ -45,6 +49,9 @@ def slash_wrong(ctx: HubContext, job: Job, wrong: Sequence[Task]) -> None:
             left[node] = stake - amount
             reason = f"wrong result for task {task.id} of job {job.id}: outvoted by a quorum"
             drafts.append(functools.partial(Slash, node=node, amount=amount, reason=reason))
+            if amount // CONSUMER_SHARE:
+                share = amount // CONSUMER_SHARE
+                drafts.append(functools.partial(Transfer, to=job.owner, amount=share))
         return drafts
 
     try:
