@@ -20,8 +20,16 @@ from hubkit import Actor, Hub, claim, make_hub, run_for
 from lumbung.crypto.keys import verify_signature
 from lumbung.hub import escrow, replication
 from lumbung.ids import actor_id
-from lumbung.ledger.entries import SignedEntry, Slash, Stake, decode_leaf, leaf_bytes, sign_entry
-from lumbung.market.model import JobState
+from lumbung.ledger.entries import (
+    SignedEntry,
+    Slash,
+    Stake,
+    Unstake,
+    decode_leaf,
+    leaf_bytes,
+    sign_entry,
+)
+from lumbung.market.model import PENDING_VERDICT, JobState
 from lumbung.market.plan import escrow_micro
 from lumbung.store.protocol import Changes, Store
 from lumbung.verify.stake import SLASH_MULTIPLE
@@ -284,7 +292,7 @@ def test_a_hub_that_stopped_before_judging_judges_at_reconcile(hub: Hub) -> None
     # As if the hub had stopped after the last replica's commit: its verdicts never written.
     tasks = hub.ctx.store.list_tasks(job_id)
     for task in tasks:
-        task.verdict = None
+        task.verdict = PENDING_VERDICT
     job = hub.ctx.store.get_job(job_id)
     job.state = JobState.RUNNING
     hub.ctx.store.apply(Changes(jobs=[job], tasks=tasks))
@@ -449,3 +457,22 @@ def test_a_trusted_node_caught_cheating_by_a_check_starts_again_from_zero_unpaid
     assert (streak(hub, cheat), streak(hub, checker), streak(hub, referee)) == (0, 1, 1)
     assert balance(hub, consumer) == 3 * BUDGET - 4 * PER_S + BUDGET // 2
     assert staked(hub, cheat) == 0
+
+
+def test_a_node_cannot_unstake_while_a_result_of_its_waits_for_its_check(hub: Hub) -> None:
+    cheat, checker = hub.node("cheat", price_cpu=PRICE), hub.node("checker", price_cpu=PRICE)
+    stake(hub, cheat, 20 * BUDGET)
+    consumer = hub.actor()
+    consumer.submit(adaptive())
+    finish(cheat, lease(cheat), MADE_UP, 2.0)  # no lease any more, but a check is pending
+    assert hub.ctx.log is not None
+    seq = hub.ctx.log.account(cheat.id)[2] + 1
+    unstake = Unstake(author=cheat.id, seq=seq, at=int(hub.clock() * 1000), amount=20 * BUDGET)
+    leaf = base64.b64encode(leaf_bytes(sign_entry(unstake, cheat.identity))).decode()
+    refused = cheat.call("POST", "/v1/ledger/entries", {"entries": [leaf]}, expect=409)
+    assert "waiting for their check" in refused["message"]
+    assert staked(hub, cheat) == 20 * BUDGET
+    finish(checker, lease(checker), HONEST, 2.0)
+    referee = hub.node("referee", price_cpu=PRICE)
+    finish(referee, lease(referee), HONEST, 2.0)
+    assert staked(hub, cheat) == 20 * BUDGET - SLASH_MULTIPLE * BUDGET

@@ -183,6 +183,7 @@ def tasks_table(job: JobView, node_names: Mapping[str, str]) -> Table:
 
 
 _VERDICT_STYLES = {
+    "pending": "dim",
     "agreed": "green",
     "trusted": "cyan",
     "wrong": "bold red",

@@ -15,7 +15,7 @@ import math
 
 from lumbung.errors import NotFound, StaleWrite
 from lumbung.hub.context import HubContext
-from lumbung.market.model import Job, JobState, Task, TaskState, Work
+from lumbung.market.model import PENDING_VERDICT, Job, JobState, Task, TaskState, Work
 from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, job_state_of, next_task_state
 from lumbung.store.protocol import Changes
 
@@ -123,7 +123,7 @@ def update_job_state(ctx: HubContext, job: Job, changes: Changes, now: float) ->
     state = job_state_of(states, cancelled=False)
     if state is JobState.SUCCEEDED and job.spec.verify.replicated:
         tasks = [changed.get(t.id, t) for t in ctx.store.list_tasks(job.id)]
-        if any(t.state is TaskState.SUCCEEDED and t.verdict is None for t in tasks):
+        if any(t.verdict == PENDING_VERDICT for t in tasks):
             state = JobState.RUNNING  # a finished replica still waits for its verdict
     if state is JobState.FAILED:
         tasks = [changed.get(t.id, t) for t in ctx.store.list_tasks(job.id)]

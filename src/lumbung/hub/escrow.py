@@ -227,7 +227,8 @@ def _unstakers(entries: list[SignedEntry]) -> dict[str, int]:
 
 def _holds_lease(actor: str, leases: int, position: int) -> Conflict:
     return Conflict(
-        f"{actor} holds {leases} lease(s); unstake once they end",
+        f"{actor} holds {leases} lease(s) or result(s) waiting for their check; unstake once "
+        "they end",
         field=f"entries.{position}.entry.kind",
     )
 

@@ -39,7 +39,7 @@ from lumbung.errors import Conflict, StaleWrite
 from lumbung.hub import slashing
 from lumbung.hub.context import HubContext
 from lumbung.market.fanout import replica_task
-from lumbung.market.model import Job, JobState, Task, TaskState
+from lumbung.market.model import PENDING_VERDICT, Job, JobState, Task, TaskState
 from lumbung.market.states import TERMINAL_JOB_STATES, TaskEvent, next_task_state
 from lumbung.store.protocol import Changes
 from lumbung.verify import quorum
@@ -116,7 +116,7 @@ def _count_results(ctx: HubContext, job: Job, judged: list[Task]) -> None:
 
 
 def _awaits_verdict(task: Task) -> bool:
-    return task.state is TaskState.SUCCEEDED and task.verdict is None
+    return task.state is TaskState.SUCCEEDED and task.verdict == PENDING_VERDICT
 
 
 def _judgement(ctx: HubContext, job: Job, replicas: list[Task]) -> Changes | None:
@@ -126,13 +126,13 @@ def _judgement(ctx: HubContext, job: Job, replicas: list[Task]) -> Changes | Non
         (t for t in replicas if t.state is TaskState.SUCCEEDED), key=lambda t: (t.updated_at, t.id)
     )
     if verify.mode == "adaptive" and len(replicas) == 1:
-        if not finished or finished[0].verdict is not None:
+        if not finished or finished[0].verdict != PENDING_VERDICT:
             return None
         return _check_or_trust(ctx, job, finished[0])
     compare = _agreement(ctx, verify)
     canonical = next((t for t in finished if t.verdict == AGREED), None)
     if canonical is not None:
-        fresh = [t for t in finished if t.verdict is None]
+        fresh = [t for t in finished if t.verdict == PENDING_VERDICT]
         for task in fresh:
             across = functools.partial(_across, compare, canonical, task)
             same = quorum.agree(_replica(canonical), _replica(task), across)

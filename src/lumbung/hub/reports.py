@@ -30,7 +30,7 @@ from lumbung.hub.bookkeeping import (
 from lumbung.hub.context import HubContext
 from lumbung.hub.leases import lease_end, requeue
 from lumbung.market.chain import live_chain
-from lumbung.market.model import CheckpointLink, LogRecord, Task, TaskState, Work
+from lumbung.market.model import PENDING_VERDICT, CheckpointLink, LogRecord, Task, TaskState, Work
 from lumbung.market.states import TaskEvent, fail_event, next_task_state
 from lumbung.store.protocol import Changes
 from lumbung.wire.api import (
@@ -204,6 +204,8 @@ def complete(ctx: HubContext, node_id: str, task_id: str, result: TaskComplete) 
         task.progress = 1.0
         if result.commitment is not None:
             task.execution_class = result.commitment.execution_class.digest()
+        if replicated:
+            task.verdict = PENDING_VERDICT  # paid, or not, once judged
     else:
         event = fail_event(task, job.spec.retries)
         task.failures += 1

@@ -30,6 +30,10 @@ class TaskState(StrEnum):
     CANCELLED = "cancelled"
 
 
+# A replicated task's result waits for its verdict: not paid yet, and its node may not unstake.
+PENDING_VERDICT = "pending"
+
+
 @dataclass
 class Node:
     id: str  # the node's actor id: a node is an actor
@@ -83,8 +87,8 @@ class Task:
     # distinct nodes so that their results can be compared; 0 for the first (or only) copy.
     replica: int = 0
     # What the quorum found of this replica's result ("agreed", "wrong", "unverified"), or
-    # "trusted" (adaptive: not drawn for a check); None while the task is not replicated or its
-    # replicas are not decided yet.
+    # "trusted" (adaptive: not drawn for a check); PENDING_VERDICT from its completion until
+    # then; None for a task that is not replicated (or not finished).
     verdict: str | None = None
     # The digest of the execution class the node committed to with its result (lumbung.wire.
     # commitment): replicas of one class must match bit for bit.

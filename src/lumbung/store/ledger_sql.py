@@ -30,7 +30,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql.dml import Insert
 
 from lumbung.errors import NotFound, StaleWrite
-from lumbung.market.model import TaskState
+from lumbung.market.model import PENDING_VERDICT, TaskState
 from lumbung.store import tables as t
 from lumbung.store.ledger import HoldsLease, NodeKey, NodeRange, check_leaf_parts
 
@@ -47,10 +47,15 @@ _NODE_RANGE = select(t.ledger_nodes.c.idx, t.ledger_nodes.c.hash).where(
     t.ledger_nodes.c.idx >= bindparam("first"),
     t.ledger_nodes.c.idx < bindparam("end"),
 )
+# Leases, and results still waiting for their check: a node may not take its stake away from
+# under a verdict that could slash it.
 _LEASES_HELD = (
     select(t.tasks.c.node_id, func.count())
     .where(
-        t.tasks.c.state == TaskState.RUNNING.value,
+        or_(
+            t.tasks.c.state == TaskState.RUNNING.value,
+            t.tasks.c.verdict == PENDING_VERDICT,
+        ),
         t.tasks.c.node_id.in_(bindparam("actors", expanding=True)),
     )
     .group_by(t.tasks.c.node_id)

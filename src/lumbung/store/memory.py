@@ -17,6 +17,7 @@ from typing import TypeVar
 
 from lumbung.errors import Conflict, NotFound, StaleWrite
 from lumbung.market.model import (
+    PENDING_VERDICT,
     CheckpointLink,
     Job,
     JobState,
@@ -268,10 +269,12 @@ class MemoryStore:
         )
 
     def _leases_held(self, actors: Sequence[str]) -> dict[str, int]:
-        # Called by the log's store with the lock held.
+        # Called by the log's store with the lock held. Results waiting for their check count:
+        # a node may not take its stake away from under a verdict that could slash it.
         held = dict.fromkeys(actors, 0)
         for task in self._tasks.values():
-            if task.state is TaskState.RUNNING and task.node_id in held:
+            holding = task.state is TaskState.RUNNING or task.verdict == PENDING_VERDICT
+            if holding and task.node_id in held:
                 held[task.node_id] += 1
         return held
 

@@ -396,7 +396,8 @@ class TaskView(Model):
     checkpoints: list[CheckpointView]
     updated_at: float
     # verify.mode replicate or adaptive: which copy of task ``index`` this is, and what was found
-    # ("agreed", "trusted", "wrong", "unverified"; None while undecided, and when not verified).
+    # ("agreed", "trusted", "wrong", "unverified"; "pending" while its check runs; None before
+    # it finished, and when not verified).
     replica: int = 0
     verdict: str | None = None
 
