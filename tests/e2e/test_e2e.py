@@ -6,6 +6,7 @@ import json
 import os
 import re
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from conftest import (
     FAUCET_MICRO,
     FEE_BPS,
     LEASE_TIMEOUT_S,
+    WORKLOADS,
     Cluster,
     counter_spec,
     lumbung_cli,
@@ -252,3 +254,35 @@ def test_a_replicated_task_runs_on_two_real_nodes_which_commit_to_one_result(
     audited = lumbung_cli(cluster, "ledger", "verify")
     assert audited.returncode == 0, audited.stderr
     assert "2 commitments, each signed by its node" in audited.stdout
+
+
+def test_a_node_that_fabricates_its_output_is_outvoted_slashed_and_unpaid(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    cheat_dir = cluster.root / "cheat"
+    argv = [sys.executable, str(WORKLOADS / "cheating_node.py"), "node", "start"]
+    argv += ["--hub", cluster.url, "--data-dir", str(cheat_dir), "--name", "cheat"]
+    argv += ["--heartbeat-s", "0.5", "--grace-s", "5", "--allow-unsandboxed"]
+    cluster.start("cheat", argv)
+    cluster.wait_nodes_online(1)
+    cheat_id = Identity.load_or_create(cheat_dir).actor_id
+    stake = lumbung_cli(cluster, "ledger", "faucet", data_dir="cheat")
+    assert stake.returncode == 0, stake.stderr
+    staked = lumbung_cli(cluster, "ledger", "stake", "50", data_dir="cheat")
+    assert staked.returncode == 0, staked.stderr
+    # Three replicas: the cheat's and two honest ones, so the quorum settles it at once.
+    spec = {**counter_spec(steps=3, step_s=0.05), "verify": {"mode": "replicate", "replicas": 3}}
+    job_id = cluster.client.submit(validate_spec(spec)).job.id
+    cluster.start_node("h1")
+    cluster.start_node("h2")
+    job = cluster.wait_job(job_id)
+    assert job.state == "succeeded", cluster.logs()
+    verdicts = {t.node_id: t.verdict for t in job.tasks}
+    assert verdicts[cheat_id] == "wrong", verdicts
+    assert sorted(v for n, v in verdicts.items() if n != cheat_id) == ["agreed", "agreed"]
+    assert not [w for w in job.work if w.node_id == cheat_id and w.kept_cost_micro]
+    kept = next(t for t in cluster.client.results(job_id).tasks if t.verdict == "agreed")
+    cluster.client.download(kept.outputs["result.json"], tmp_path / "kept.json")
+    assert json.loads((tmp_path / "kept.json").read_text()) == {"started_at_step": 0, "steps": 3}
+    account = cluster.client.ledger.account(cheat_id)
+    assert account.staked < 50_000_000  # slashed: 12 task budgets, or all of it
