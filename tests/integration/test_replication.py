@@ -414,6 +414,8 @@ def test_a_new_nodes_result_is_always_checked_and_agreement_counts_for_both(hub:
     assert consumer.call("GET", f"/v1/jobs/{job['id']}")["state"] == "succeeded"
     assert (balance(hub, worker), balance(hub, checker)) == (net(5 * PER_S), net(3 * PER_S))
     assert (streak(hub, worker), streak(hub, checker)) == (1, 1)
+    listed = {n["id"]: n["valid_streaks"] for n in consumer.call("GET", "/v1/nodes")}
+    assert listed[worker.id] == {WORKLOAD: 1}
 
 
 def test_a_trusted_nodes_result_is_checked_only_when_the_draw_says(hub: Hub) -> None:

@@ -379,6 +379,7 @@ def nodes_table(nodes: Sequence[NodeView], now_s: float | None = None) -> Table:
     table.add_column("GPU/h", justify="right")
     table.add_column("slots", justify="right")
     table.add_column("reliable", justify="right")
+    table.add_column("checked ok", justify="right")
     table.add_column("heartbeat", justify="right")
     for node in nodes:
         inv = node.inventory
@@ -394,9 +395,15 @@ def nodes_table(nodes: Sequence[NodeView], now_s: float | None = None) -> Table:
             format_credits(node.price_micro_per_gpu_hour),
             str(node.slots),
             percent(node.reliability),
+            _streaks(node.valid_streaks),
             "never" if seen is None else f"{max(0.0, now_s - seen):.0f}s ago",
         )
     return table
+
+
+def _streaks(streaks: Mapping[str, int]) -> str:
+    """Valid results in a row per kind of work: "run:cpu 12"; "-" for a node never checked."""
+    return ", ".join(f"{kind} {count}" for kind, count in sorted(streaks.items())) or "-"
 
 
 def results_table(results: Results, node_names: Mapping[str, str]) -> Table:

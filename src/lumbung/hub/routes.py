@@ -75,7 +75,7 @@ async def health() -> dict[str, str]:
 @router.post("/nodes/register")
 def register_node(reg: NodeRegister, actor: Actor, ctx: Ctx) -> NodeView:
     leases.register_node(ctx, actor, reg)
-    return node_view(ctx.node_snapshot(actor))
+    return node_view(ctx.node_snapshot(actor), ctx.store.node_streaks(actor))
 
 
 @router.post("/nodes/heartbeat")
@@ -85,7 +85,7 @@ def heartbeat(beat: HeartbeatRequest, actor: RenewingActor, ctx: Ctx) -> Heartbe
 
 @router.get("/nodes")
 def list_nodes(_: Actor, ctx: Ctx) -> list[NodeView]:
-    return [node_view(s) for s in ctx.snapshots(fresh=True)]
+    return [node_view(s, ctx.store.node_streaks(s.node.id)) for s in ctx.snapshots(fresh=True)]
 
 
 # --- tasks (node side) --------------------------------------------------------------------------

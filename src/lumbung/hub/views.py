@@ -19,9 +19,10 @@ from lumbung.wire.api import (
 )
 
 
-def node_view(snapshot: NodeSnapshot) -> NodeView:
+def node_view(snapshot: NodeSnapshot, valid_streaks: dict[str, int] | None = None) -> NodeView:
     node = snapshot.node
     return NodeView(
+        valid_streaks=valid_streaks or {},
         id=node.id,
         name=node.name,
         inventory=node.inventory,

@@ -152,6 +152,9 @@ class NodeView(Model):
     reliability: float
     last_heartbeat_at: float | None
     draining: bool = False
+    # Per kind of work ("run:cpu", "run:gpu"): results in a row a check found valid, which
+    # adaptive verification reads (under 10, every result is checked).
+    valid_streaks: dict[str, int] = Field(default_factory=dict)
 
 
 class TaskReport(Inbound):
