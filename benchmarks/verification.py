@@ -38,6 +38,7 @@ import json
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,8 +154,10 @@ def scenario(
         consumer = Identity.generate()
         total = providers * per_provider
         started = time.perf_counter()
-        job_ids = [_submit(ctx, consumer, i) for i in range(total)]
-        _drain(ctx, population, rng, clock)
+        job_ids: list[str] = []
+        _drain(
+            ctx, population, rng, clock, lambda: _top_up(ctx, consumer, job_ids, total, providers)
+        )
         elapsed = time.perf_counter() - started
         try:
             return _report(ctx, population, job_ids, budget, kind, share, elapsed)
@@ -190,10 +193,29 @@ def _submit(ctx: HubContext, consumer: Identity, i: int) -> str:
     return jobs.submit(ctx, consumer.actor_id, spec, leaf).job.id
 
 
-def _drain(ctx: HubContext, population: list[Provider], rng: random.Random, clock: Clock) -> None:
+def _top_up(
+    ctx: HubContext, consumer: Identity, job_ids: list[str], total: int, providers: int
+) -> None:
+    """Jobs arrive as a market's do, a queue about twice the providers deep, not all at once:
+    with all of them queued up front, every node's first results would all be decided before
+    any check of them ran."""
+    queued = len(ctx.store.queued_tasks(2 * providers))
+    while queued < 2 * providers and len(job_ids) < total:
+        job_ids.append(_submit(ctx, consumer, len(job_ids)))
+        queued += 1
+
+
+def _drain(
+    ctx: HubContext,
+    population: list[Provider],
+    rng: random.Random,
+    clock: Clock,
+    top_up: Callable[[], None],
+) -> None:
     """Providers claim in random order until a whole pass leases nothing: every job is done."""
     idle_passes = 0
     while idle_passes < 3:
+        top_up()
         leased = 0
         for p in population:  # idle, and alive: a node the hub has not heard from is offline
             leases.heartbeat(ctx, p.id, HeartbeatRequest(tasks=[], free_slots=1))
@@ -278,7 +300,9 @@ def _report(
         "providers": len(population),
         "cheaters": len(cheaters),
         "tasks": len(job_ids),
-        "tasks_per_cheater_median": sorted(p.done for p in cheaters)[len(cheaters) // 2],
+        "tasks_per_cheater_median": sorted(p.done for p in cheaters)[len(cheaters) // 2]
+        if cheaters
+        else 0,
         "caught_within_20": _share(sum(1 for c in catches if c is not None and c <= 20), catches),
         "caught_within_200": _share(sum(1 for c in catches if c is not None and c <= 200), catches),
         "never_caught": sum(1 for c in catches if c is None),

@@ -162,7 +162,9 @@ def _check_or_trust(ctx: HubContext, job: Job, task: Task) -> Changes:
     decision stands (the other's write is stale)."""
     streak = ctx.store.valid_streak(task.node_id or "", workload_of(job.spec))
     if CHECKS.should_check(streak, ctx.draw()):
-        check = replica_task(job.id, task.index, task.params, 1, task.updated_at)
+        check = _queued_first(
+            replica_task(job.id, task.index, task.params, 1, task.updated_at), task
+        )
         return Changes(tasks=[task], new_tasks=[check])
     task.verdict = TRUSTED
     return Changes(tasks=[task])
@@ -180,10 +182,17 @@ def _more_replicas(
     next_replica = max(t.replica for t in replicas) + 1
     now = max(t.updated_at for t in replicas)
     new = [
-        replica_task(job.id, first.index, first.params, next_replica + i, now)
+        _queued_first(replica_task(job.id, first.index, first.params, next_replica + i, now), first)
         for i in range(adding)
     ]
     return Changes(tasks=repeats, new_tasks=new)
+
+
+def _queued_first(replica: Task, original: Task) -> Task:
+    """A replica added later takes its task's place in the queue: the results it checks wait
+    unpaid for it, so it goes before work queued since (the queue is oldest first)."""
+    replica.queued_at = original.queued_at
+    return replica
 
 
 def _unverifiable(ctx: HubContext, job: Job, replicas: list[Task], finished: list[Task]) -> Changes:
