@@ -21,19 +21,16 @@ verdict of a quorum moves the counts: one more for a node that agreed, back to z
 that was wrong, and a wrong result costs its node stake (``lumbung.hub.slashing``).
 
 Settlement pays a replicated job's work only on replicas whose verdict is ``agreed`` or
-``trusted``
-(``lumbung.hub.escrow``), so a wrong result, and one that cannot be verified, earns nothing; what
-the escrow held for it goes back to the consumer. Like ``recount_job``, ``judge`` runs after the
-commit rather than inside it: two replicas finishing at once each see the other still running,
-and the later commit's judgement sees both. A job is not counted as succeeded while a finished
-replica still waits for its verdict.
+``trusted`` (``lumbung.hub.escrow``), so a wrong result, and one that cannot be verified, earns
+nothing; what the escrow held for it goes back to the consumer. Like ``recount_job``, ``judge``
+runs after the commit rather than inside it: two replicas finishing at once each see the other
+still running, and the later commit's judgement sees both. A job is not counted as succeeded
+while a finished replica still waits for its verdict.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
-from collections.abc import Callable
 
 from lumbung.errors import Conflict, StaleWrite
 from lumbung.hub import slashing
@@ -58,8 +55,6 @@ CHECKS = CheckRate()
 # The numeric comparator parses whole outputs: larger ones are compared by hash only.
 NUMERIC_MAX_BYTES = 64 * 1024 * 1024
 _JUDGE_RACES = 16
-
-_Agree = Callable[[Task, Task], bool]
 
 
 def judge(ctx: HubContext, job_id: str, index: int) -> None:
@@ -129,12 +124,11 @@ def _judgement(ctx: HubContext, job: Job, replicas: list[Task]) -> Changes | Non
         if not finished or finished[0].verdict != PENDING_VERDICT:
             return None
         return _check_or_trust(ctx, job, finished[0])
-    compare = _agreement(ctx, verify)
+    across = _across_classes(ctx, verify)
     canonical = next((t for t in finished if t.verdict == AGREED), None)
     if canonical is not None:
         fresh = [t for t in finished if t.verdict == PENDING_VERDICT]
         for task in fresh:
-            across = functools.partial(_across, compare, canonical, task)
             same = quorum.agree(_replica(canonical), _replica(task), across)
             task.verdict = AGREED if same else WRONG
         return Changes(tasks=fresh) if fresh else None
@@ -143,7 +137,7 @@ def _judgement(ctx: HubContext, job: Job, replicas: list[Task]) -> Changes | Non
         [_replica(t) for t in counted],
         quorum=verify.quorum_of(),
         max_replicas=verify.runs_per_task(),
-        across_classes=lambda a, b: compare(_by_node(counted, a), _by_node(counted, b)),
+        across_classes=across,
     )
     for task in repeats:
         task.verdict = UNVERIFIED  # a second result from one node proves nothing
@@ -230,10 +224,6 @@ def _one_per_node(finished: list[Task]) -> tuple[list[Task], list[Task]]:
     return counted, repeats
 
 
-def _across(compare: _Agree, a: Task, b: Task, *_: quorum.Replica) -> bool:
-    return compare(a, b)
-
-
 def _replica(task: Task) -> quorum.Replica:
     # Every replicated result comes with its committed execution class (lumbung.hub.commitments).
     return quorum.Replica(
@@ -241,19 +231,12 @@ def _replica(task: Task) -> quorum.Replica:
     )
 
 
-def _by_node(tasks: list[Task], replica: quorum.Replica) -> Task:
-    return next(t for t in tasks if t.node_id == replica.node_id)
-
-
-def _agreement(ctx: HubContext, verify: VerifySpec) -> _Agree:
+def _across_classes(ctx: HubContext, verify: VerifySpec) -> quorum.CrossClassAgreement:
+    """The job's comparator for replicas of different execution classes whose output hashes
+    differ (``quorum.agree`` has compared the names and the hashes already)."""
     comparator = Comparator(verify.compare, Tolerance(rtol=verify.rtol, atol=verify.atol))
 
-    def agree(a: Task, b: Task) -> bool:
-        """Outputs of two replicas from different execution classes: the job's comparator."""
-        if a.outputs.keys() != b.outputs.keys():
-            return False
-        if a.outputs == b.outputs:
-            return True
+    def agree(a: quorum.Replica, b: quorum.Replica) -> bool:
         if verify.compare != "numeric":
             return False
         return all(

@@ -49,8 +49,8 @@ def slash_wrong(ctx: HubContext, job: Job, wrong: Sequence[Task]) -> None:
             left[node] = stake - amount
             reason = f"wrong result for task {task.id} of job {job.id}: outvoted by a quorum"
             drafts.append(functools.partial(Slash, node=node, amount=amount, reason=reason))
-            if amount // CONSUMER_SHARE:
-                share = amount // CONSUMER_SHARE
+            share = amount // CONSUMER_SHARE
+            if share:
                 drafts.append(functools.partial(Transfer, to=job.owner, amount=share))
         return drafts
 
